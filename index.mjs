@@ -1,0 +1,13 @@
+// ESM entry: re-exports the CommonJS build so both module systems share one instance.
+import cjs from './index.js';
+
+export const {
+  WebSocketServerHelper,
+  STANDALONE,
+  WebSocketEvents,
+  WebSocketChannels,
+  WebSocketDefaults,
+  WebSocketMessageTypes,
+  WebSocketClientStates,
+} = cjs;
+export default cjs;

@@ -1,0 +1,189 @@
+'use strict';
+// The JS end of the native dispatcher (src/dispatch.rs). Rust hands over a batch of calls
+// as one JSON array; each runs the application's callback. Calls that finish synchronously
+// are answered in the return value, Promises answer later through `native.settle`. This
+// function never throws: a callback's throw or rejection becomes an error outcome that
+// Rust logs and acts on (4003 for authentication, a log line otherwise).
+
+// Kinds, as src/dispatch.rs writes them.
+const AUTHENTICATE = 1;
+const VALIDATE_ROOMS = 2;
+const CLIENT_CONNECTED = 3;
+const MESSAGE = 4;
+const CLIENT_DISCONNECTED = 5;
+const DISCARD = 6;
+const LOG = 7;
+
+function errorText(error) {
+  if (error instanceof Error) {
+    return error.message || error.name;
+  }
+  try {
+    return typeof error === 'string' ? error : JSON.stringify(error) ?? String(error);
+  } catch {
+    return String(error);
+  }
+}
+
+function isThenable(value) {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+}
+
+class CallbackDispatcher {
+  /**
+   * @param {object} opts
+   * @param {object} opts.callbacks the application's callbacks (lib/options.js)
+   * @param {object} opts.logger { debug, info, warn, error }, each (text) => void
+   * @param {Map<string, unknown>} opts.metadata clientId -> metadata returned by authenticateFn
+   */
+  constructor({ callbacks, logger, metadata }) {
+    this.callbacks = callbacks;
+    this.logger = logger;
+    this.metadata = metadata;
+    /** Metadata of accepted authentications until Rust hands it to a client or discards it. */
+    this.pendingAuth = new Map();
+    this.native = null;
+    this.dispatch = this.dispatch.bind(this);
+  }
+
+  attach(native) {
+    this.native = native;
+  }
+
+  dispatch(batch) {
+    const answers = [];
+    let calls;
+    try {
+      calls = JSON.parse(batch);
+    } catch (error) {
+      this.logger.error(`Unreadable callback batch | error: ${errorText(error)}`);
+      return '[]';
+    }
+    for (const call of calls) {
+      try {
+        this.dispatchOne(call, answers);
+      } catch (error) {
+        // Only a bug of ours gets here; the caller then waits for its timeout.
+        this.logger.error(`Callback dispatch failed | kind: ${call[0]} | error: ${errorText(error)}`);
+      }
+    }
+    return JSON.stringify(answers);
+  }
+
+  dispatchOne(call, answers) {
+    const [kind, token] = call;
+    const { callbacks } = this;
+    switch (kind) {
+      case AUTHENTICATE: {
+        const [, , , data] = call;
+        this.run(token, answers, () => callbacks.authenticateFn(data ?? {}), result => {
+          if (!result) {
+            return false;
+          }
+          this.pendingAuth.set(token, result.metadata);
+          return { userId: result.userId === undefined || result.userId === null ? null : String(result.userId) };
+        });
+        return;
+      }
+      case VALIDATE_ROOMS: {
+        const [, , clientId, userId, rooms] = call;
+        this.run(
+          token,
+          answers,
+          () => callbacks.validateRoomFn({ clientId, userId: userId ?? undefined, rooms }),
+          allowed => (Array.isArray(allowed) ? allowed.filter(room => typeof room === 'string') : []),
+        );
+        return;
+      }
+      case CLIENT_CONNECTED: {
+        const [, , clientId, userId, authToken] = call;
+        const metadata = this.pendingAuth.get(authToken);
+        this.pendingAuth.delete(authToken);
+        if (metadata !== undefined) {
+          this.metadata.set(clientId, metadata);
+        }
+        if (!callbacks.clientConnectedFn) {
+          answers.push([token, 0, null]);
+          return;
+        }
+        this.run(token, answers, () => callbacks.clientConnectedFn({ clientId, userId: userId ?? undefined, metadata }), () => null);
+        return;
+      }
+      case MESSAGE: {
+        const [, , clientId, userId, message] = call;
+        this.run(token, answers, () => callbacks.messageHandler({ clientId, userId: userId ?? undefined, message }), () => null);
+        return;
+      }
+      case CLIENT_DISCONNECTED: {
+        const [, , clientId, userId] = call;
+        this.metadata.delete(clientId);
+        this.notifyDisconnected(clientId, userId ?? undefined);
+        return;
+      }
+      case DISCARD:
+        this.pendingAuth.delete(call[2]);
+        return;
+      case LOG: {
+        const [, , level, text] = call;
+        this.logger[level](text);
+        return;
+      }
+      default:
+        this.logger.error(`Unknown callback kind ${kind}`);
+    }
+  }
+
+  /** Runs one callback; answers now if it returned a value, later if a Promise. */
+  run(token, answers, invoke, normalize) {
+    let result;
+    try {
+      result = invoke();
+    } catch (error) {
+      answers.push([token, 1, errorText(error)]);
+      return;
+    }
+    if (!isThenable(result)) {
+      try {
+        answers.push([token, 0, normalize(result)]);
+      } catch (error) {
+        answers.push([token, 1, errorText(error)]);
+      }
+      return;
+    }
+    Promise.resolve(result).then(
+      value => {
+        let answered;
+        try {
+          answered = this.native?.settle(token, false, JSON.stringify(normalize(value)) ?? 'null');
+        } catch (error) {
+          answered = this.native?.settle(token, true, errorText(error));
+        }
+        if (!answered) {
+          // Nobody waits any more (timed out, client gone): drop what we kept for it.
+          this.pendingAuth.delete(token);
+        }
+      },
+      error => {
+        this.native?.settle(token, true, errorText(error));
+      },
+    );
+  }
+
+  notifyDisconnected(clientId, userId) {
+    const callback = this.callbacks.clientDisconnectedFn;
+    if (!callback) {
+      return;
+    }
+    const report = error => this.logger.error(`clientDisconnectedFn error | id: ${clientId} | error: ${errorText(error)}`);
+    try {
+      const result = callback({ clientId, userId });
+      if (isThenable(result)) {
+        Promise.resolve(result).catch(report);
+      }
+    } catch (error) {
+      report(error);
+    }
+  }
+}
+
+module.exports = { CallbackDispatcher, errorText };

@@ -1,0 +1,248 @@
+'use strict';
+// WebSocketServerHelper: the API of @venizia/ignis-helpers' helper over the native server.
+// Rust owns sockets, indexes, heartbeat and delivery; this class parses options, turns
+// payloads into one JSON string per message, and hands callbacks to the dispatcher.
+
+const { randomUUID } = require('node:crypto');
+
+const { NativeServer } = require('../binding.js');
+const { CallbackDispatcher } = require('./dispatch');
+const { createLogger } = require('./logger');
+const { STANDALONE, parseServerOptions } = require('./options');
+
+const SCOPE = 'WebSocketServerHelper';
+
+function toText(data) {
+  if (typeof data === 'string') {
+    return data;
+  }
+  if (ArrayBuffer.isView(data)) {
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8');
+  }
+  if (data instanceof ArrayBuffer || (typeof SharedArrayBuffer !== 'undefined' && data instanceof SharedArrayBuffer)) {
+    return Buffer.from(data).toString('utf8');
+  }
+  return String(data);
+}
+
+class WebSocketServerHelper {
+  /** `redisConnection: WebSocketServerHelper.STANDALONE` selects the single-instance mode. */
+  static STANDALONE = STANDALONE;
+
+  constructor(opts) {
+    if (!opts?.redisConnection) {
+      throw new Error(`[${SCOPE}] Invalid redis connection!`);
+    }
+    if (opts.redisConnection !== STANDALONE) {
+      throw new Error(
+        `[${SCOPE}] The Redis bridge is not available in this version yet: pass redisConnection: '${STANDALONE}' ` +
+          'to run a single instance without Redis (send() then delivers locally only).',
+      );
+    }
+    this.options = opts;
+    this.identifier = opts.identifier;
+    this.path = opts.path ?? '/ws';
+    this.serverId = randomUUID();
+    this.standalone = true;
+    this.logger = createLogger(opts.logger, opts.identifier ?? SCOPE);
+    /** clientId -> metadata returned by authenticateFn, kept with identity intact. */
+    this.metadata = new Map();
+    this.native = null;
+    this.port = undefined;
+  }
+
+  /**
+   * Validates the options, binds `host:port` and starts serving and the heartbeat sweep.
+   * Rejects when an option is invalid or the address is taken.
+   */
+  async configure() {
+    if (this.native) {
+      return;
+    }
+    this.logger.info(`Configuring WebSocket Server | id: ${this.identifier}`);
+    const { native: nativeOptions, callbacks } = parseServerOptions(this.options);
+    const dispatcher = new CallbackDispatcher({ callbacks, logger: this.logger, metadata: this.metadata });
+    const native = new NativeServer(nativeOptions, dispatcher.dispatch);
+    dispatcher.attach(native);
+    this.port = native.listen();
+    this.native = native;
+    this.logger.info(
+      `WebSocket Server READY | path: ${this.path} | address: ${nativeOptions.host}:${this.port} | mode: standalone`,
+    );
+  }
+
+  getPath() {
+    return this.path;
+  }
+
+  /** The bound port, once configure() resolved. */
+  getPort() {
+    return this.port;
+  }
+
+  /**
+   * Kept so Ignis' wiring keeps working: this server listens on its own port, so Bun has no
+   * WebSocket traffic to hand over. A socket Bun upgrades anyway is closed with 1011 and a
+   * reason that names the right port.
+   */
+  getBunWebSocketHandler() {
+    const serverOptions = this.options.serverOptions ?? {};
+    const refuse = socket => {
+      this.logger.warn(`A WebSocket reached Bun's server; this helper serves port ${this.port} itself`);
+      socket.close(1011, `Connect to port ${this.port}`);
+    };
+    return {
+      open: refuse,
+      message: () => {},
+      close: () => {},
+      drain: () => {},
+      ...serverOptions,
+    };
+  }
+
+  sendToClient({ clientId, event, data, doLog }) {
+    this.native?.sendToClient(clientId, JSON.stringify({ event, data }));
+    if (doLog) {
+      this.logger.info(`Message sent | id: ${clientId} | event: ${event} | data: ${JSON.stringify(data)}`);
+    }
+  }
+
+  sendToUser({ userId, event, data }) {
+    this.native?.sendToUser(String(userId), JSON.stringify({ event, data }));
+  }
+
+  sendToRoom({ room, event, data, exclude }) {
+    this.native?.sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+  }
+
+  broadcast({ event, data, exclude }) {
+    this.native?.broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+  }
+
+  /**
+   * Local delivery by the specification's routing table. In standalone mode there is no
+   * Redis to publish to, so a destination that is neither a local client nor a local room
+   * reaches nobody.
+   */
+  send({ destination, payload, doLog, cb } = {}) {
+    if (!payload) {
+      return;
+    }
+    const { topic, data } = payload;
+    if (!topic || data === undefined) {
+      return;
+    }
+    if (!destination) {
+      this.broadcast({ event: topic, data });
+    } else if (this.native?.hasClient(destination)) {
+      this.sendToClient({ clientId: destination, event: topic, data, doLog });
+    } else if (this.native?.hasRoom(destination)) {
+      this.sendToRoom({ room: destination, event: topic, data });
+    }
+    if (cb) {
+      setTimeout(cb, 0);
+    }
+    if (doLog) {
+      this.logger.info(
+        `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic} | data: ${JSON.stringify(data)}`,
+      );
+    }
+  }
+
+  joinRoom({ clientId, room }) {
+    this.native?.joinRoom(clientId, room);
+  }
+
+  leaveRoom({ clientId, room }) {
+    this.native?.leaveRoom(clientId, room);
+  }
+
+  enableClientEncryption() {
+    throw new Error(`[${SCOPE}] enableClientEncryption: per-client encryption is not implemented in this version yet`);
+  }
+
+  /** With `{ id }`: that client or undefined. Otherwise a Map of every client (a snapshot). */
+  getClients(opts) {
+    const { id } = opts ?? {};
+    if (id) {
+      const info = this.native?.client(id);
+      return info ? this.toClient(info) : undefined;
+    }
+    const clients = new Map();
+    for (const info of this.native?.clients() ?? []) {
+      clients.set(info.id, this.toClient(info));
+    }
+    return clients;
+  }
+
+  getClientsByUser({ userId }) {
+    return (this.native?.clientsByUser(String(userId)) ?? []).map(info => this.toClient(info));
+  }
+
+  getClientsByRoom({ room }) {
+    return (this.native?.clientsByRoom(room) ?? []).map(info => this.toClient(info));
+  }
+
+  toClient(info) {
+    return {
+      id: info.id,
+      userId: info.userId ?? undefined,
+      socket: this.socketOf(info),
+      state: info.state,
+      rooms: new Set(info.rooms),
+      backpressured: info.backpressured,
+      encrypted: info.encrypted,
+      connectedAt: info.connectedAt,
+      lastActivity: info.lastActivity,
+      metadata: this.metadata.get(info.id),
+      serverPublicKey: undefined,
+      salt: undefined,
+    };
+  }
+
+  /** An `IWebSocket` whose methods act on the real connection; topics are rooms here. */
+  socketOf(info) {
+    const helper = this;
+    const clientId = info.id;
+    return {
+      data: { clientId },
+      remoteAddress: info.remoteAddress,
+      get readyState() {
+        return helper.native?.hasClient(clientId) ? 1 : 3;
+      },
+      send(data) {
+        return helper.native ? helper.native.socketSend(clientId, toText(data)) : 0;
+      },
+      close(code = 1000, reason = '') {
+        helper.native?.socketClose(clientId, code, reason);
+      },
+      subscribe(topic) {
+        helper.joinRoom({ clientId, room: topic });
+      },
+      unsubscribe(topic) {
+        helper.leaveRoom({ clientId, room: topic });
+      },
+      isSubscribed(topic) {
+        return helper.native?.client(clientId)?.rooms.includes(topic) ?? false;
+      },
+      cork(callback) {
+        callback(this);
+      },
+    };
+  }
+
+  /**
+   * Closes every client with 1001 'Server shutting down', runs the disconnect callbacks,
+   * clears the indexes and closes the listener. The process can exit afterwards.
+   */
+  async shutdown() {
+    this.logger.info('Shutting down WebSocket server...');
+    if (this.native) {
+      await this.native.shutdown();
+    }
+    this.metadata.clear();
+    this.logger.info('WebSocket server shutdown complete');
+  }
+}
+
+module.exports = { WebSocketServerHelper, STANDALONE };

@@ -1,0 +1,48 @@
+//! The server's settings, already validated and defaulted by the JS layer's option parsing
+//! (`lib/options.js`); defaults are documented there and in `index.d.ts`.
+
+use std::time::Duration;
+
+/// How long a TCP connection may take to send a complete upgrade request.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a close frame is sent, how long we wait for the peer's close before dropping it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub default_rooms: Vec<String>,
+    pub auth_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Bound on how long a connection waits for `validateRoomFn`, `clientConnectedFn` or
+    /// `messageHandler` before handling its next message.
+    pub callback_timeout: Duration,
+    pub max_payload_length: usize,
+    pub backpressure_limit: usize,
+    pub close_on_backpressure_limit: bool,
+    pub has_validate_room_fn: bool,
+    pub has_message_handler: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            path: "/ws".into(),
+            default_rooms: vec!["ws-default".into(), "ws-notification".into()],
+            auth_timeout: Duration::from_millis(5_000),
+            heartbeat_interval: Duration::from_millis(30_000),
+            heartbeat_timeout: Duration::from_millis(90_000),
+            callback_timeout: Duration::from_millis(15_000),
+            max_payload_length: 128 * 1024,
+            backpressure_limit: 1024 * 1024,
+            close_on_backpressure_limit: false,
+            has_validate_room_fn: false,
+            has_message_handler: false,
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! One client connection: the upgrade, a reader that routes messages in arrival order, a
+//! writer that drains the outbound queue, and the close handshake.
+//!
+//! The reader handles one message at a time: a message that needs JS (authentication, room
+//! validation, `messageHandler`) is finished, or timed out, before the next is read. That
+//! gives per-connection ordering and bounds what one client can have in flight to one call;
+//! a client that floods is slowed by TCP backpressure instead of by server memory.
+
+use std::io::{ErrorKind, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::config::{CLOSE_GRACE, HANDSHAKE_TIMEOUT};
+use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, Outcome, PendingCall};
+use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
+use crate::handshake::{self, Decision, Rejection};
+use crate::hub::{AuthStart, ClientHandle, ClientId};
+use crate::protocol::{self, Inbound, InboundError, RoomRequest};
+use crate::server::{now_ms, Core};
+
+/// Reads per wake-up are at most this large; the buffer is released whenever it empties,
+/// so an idle connection holds no read buffer at all.
+const READ_CHUNK: usize = 16 * 1024;
+/// How much of an offending message a log line quotes.
+const LOG_QUOTE_CHARS: usize = 200;
+
+pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buffer = Vec::new();
+    let upgrade = timeout(
+        HANDSHAKE_TIMEOUT,
+        read_upgrade(&mut reader, &mut buffer, &core.config.path),
+    )
+    .await;
+    let rejection = match upgrade {
+        Err(_) => {
+            core.log(
+                LogLevel::Debug,
+                format!("Handshake timeout | address: {peer}"),
+            );
+            return;
+        }
+        Ok(Err(None)) => return,
+        Ok(Err(Some(rejection))) => Some(rejection),
+        Ok(Ok(_)) if core.is_shutting_down() => Some(Rejection {
+            status: 503,
+            reason: "Service Unavailable",
+        }),
+        Ok(Ok(accept_key)) => {
+            if writer
+                .write_all(handshake::accept_response(&accept_key).as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            None
+        }
+    };
+    if let Some(rejection) = rejection {
+        core.log(
+            LogLevel::Debug,
+            format!(
+                "Upgrade refused | address: {peer} | status: {}",
+                rejection.status
+            ),
+        );
+        let _ = writer
+            .write_all(handshake::reject_response(rejection).as_bytes())
+            .await;
+        let _ = writer.shutdown().await;
+        return;
+    }
+
+    let id: ClientId = Arc::from(uuid::Uuid::new_v4().to_string());
+    let handle = Arc::new(ClientHandle::new(
+        id.clone(),
+        peer.to_string(),
+        now_ms(),
+        core.config.backpressure_limit,
+        core.config.close_on_backpressure_limit,
+    ));
+    core.hub.register(handle.clone());
+    core.log(
+        LogLevel::Info,
+        format!("New connection (unauthorized) | id: {id}"),
+    );
+
+    let writer_task = tokio::spawn(write_loop(writer, handle.clone()));
+    let mut session = Session {
+        auth_deadline: Some(Instant::now() + core.config.auth_timeout),
+        core: core.clone(),
+        handle: handle.clone(),
+        buffer,
+        assembler: MessageAssembler::default(),
+        user_id: None,
+        authenticated: false,
+        close_deadline: None,
+        discard_input: false,
+    };
+    session.read_loop(&mut reader).await;
+
+    // The writer ends by itself after writing a queued close frame; otherwise stop it.
+    if !handle.is_closing() {
+        handle.outbox().finish();
+    }
+    let mut writer_task = writer_task;
+    if timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
+
+    if let Some(removed) = core.hub.remove(&id) {
+        let user = removed.user_id.as_deref();
+        core.log(
+            LogLevel::Info,
+            format!(
+                "Client disconnected | id: {id} | userId: {}",
+                user.unwrap_or("anonymous")
+            ),
+        );
+        core.dispatcher.notify(JsNotice::ClientDisconnected {
+            client_id: &id,
+            user_id: user,
+        });
+    }
+}
+
+/// Reads until a complete upgrade request is in `buffer`, then decides on it. Bytes after
+/// the request (frames a client sent without waiting) stay in `buffer`.
+/// `Err(None)`: the peer went away before finishing its request.
+async fn read_upgrade(
+    reader: &mut OwnedReadHalf,
+    buffer: &mut Vec<u8>,
+    path: &str,
+) -> Result<String, Option<Rejection>> {
+    loop {
+        match handshake::decide(buffer, path) {
+            Err(rejection) => return Err(Some(rejection)),
+            Ok(Some((Decision::Reject(rejection), _))) => return Err(Some(rejection)),
+            Ok(Some((Decision::Accept { accept_key, .. }, used))) => {
+                buffer.drain(..used);
+                return Ok(accept_key);
+            }
+            Ok(None) => {}
+        }
+        buffer.reserve(4096);
+        match tokio::io::AsyncReadExt::read_buf(reader, buffer).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes what is queued, in one vectored write per wake-up where the kernel allows.
+async fn write_loop(mut writer: OwnedWriteHalf, handle: Arc<ClientHandle>) {
+    while let Some(batch) = handle.outbox().take().await {
+        let total: usize = batch.frames.iter().map(Bytes::len).sum();
+        if write_all_frames(&mut writer, &batch.frames).await.is_err() {
+            handle.outbox().finish();
+            break;
+        }
+        handle.outbox().written(total);
+        if batch.ends_with_close {
+            let _ = writer.shutdown().await;
+            break;
+        }
+    }
+}
+
+async fn write_all_frames(writer: &mut OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
+    let (mut index, mut offset) = (0, 0);
+    while index < frames.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[index][offset..])
+            .chain(frames[index + 1..].iter().map(|frame| &frame[..]))
+            .take(64)
+            .map(IoSlice::new)
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        while index < frames.len() && written >= frames[index].len() - offset {
+            written -= frames[index].len() - offset;
+            index += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
+struct Session {
+    core: Arc<Core>,
+    handle: Arc<ClientHandle>,
+    buffer: Vec<u8>,
+    assembler: MessageAssembler,
+    user_id: Option<Arc<str>>,
+    authenticated: bool,
+    /// Close with 4001 at this instant unless authentication has started.
+    auth_deadline: Option<Instant>,
+    /// Set once a close frame is queued: the peer has until then to answer it.
+    close_deadline: Option<Instant>,
+    /// After a framing error the rest of the stream is unreadable.
+    discard_input: bool,
+}
+
+/// Whether the read loop goes on after a frame.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn id(&self) -> &str {
+        &self.handle.id
+    }
+
+    fn close_started(&mut self) {
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + CLOSE_GRACE);
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.handle.close(code, reason);
+        self.close_started();
+    }
+
+    fn send_error(&self, message: &str) {
+        self.handle
+            .send(frame::text_frame(&protocol::error_message(message)));
+    }
+
+    async fn read_loop(&mut self, reader: &mut OwnedReadHalf) {
+        loop {
+            if let Flow::Stop = self.process_buffer().await {
+                return;
+            }
+            let deadline = match (self.auth_deadline, self.close_deadline) {
+                (_, Some(close)) => Some(close),
+                (auth, None) => auth,
+            };
+            let handle = self.handle.clone();
+            tokio::select! {
+                ready = reader.readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    if self.buffer.capacity() - self.buffer.len() < READ_CHUNK {
+                        self.buffer.reserve(READ_CHUNK);
+                    }
+                    match reader.try_read_buf(&mut self.buffer) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if self.close_deadline.is_some() {
+                        return;
+                    }
+                    self.auth_deadline = None;
+                    self.core.log(LogLevel::Warn, format!("Auth timeout | id: {}", self.id()));
+                    self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
+                }
+                _ = handle.close_started(), if self.close_deadline.is_none() => self.close_started(),
+            }
+        }
+    }
+
+    /// Handles every complete frame in the buffer, then releases the buffer if it is empty.
+    async fn process_buffer(&mut self) -> Flow {
+        let max = self.core.config.max_payload_length;
+        let mut consumed = 0;
+        let flow = loop {
+            if self.discard_input {
+                consumed = self.buffer.len();
+                break Flow::Continue;
+            }
+            let decoded = match frame::decode_frame(&self.buffer[consumed..], max) {
+                Ok(Some((frame, used))) => {
+                    consumed += used;
+                    frame
+                }
+                Ok(None) => break Flow::Continue,
+                Err(error) => {
+                    self.framing_error(error);
+                    continue;
+                }
+            };
+            if let Flow::Stop = self.handle_frame(decoded).await {
+                break Flow::Stop;
+            }
+        };
+        self.buffer.drain(..consumed);
+        if self.buffer.is_empty() {
+            self.buffer = Vec::new();
+        }
+        flow
+    }
+
+    fn framing_error(&mut self, error: FrameError) {
+        self.core.log(
+            LogLevel::Warn,
+            format!(
+                "Closing connection | id: {} | code: {} | reason: {}",
+                self.id(),
+                error.close_code(),
+                error.reason()
+            ),
+        );
+        self.discard_input = true;
+        self.close(error.close_code(), error.reason());
+    }
+
+    async fn handle_frame(&mut self, decoded: frame::Frame) -> Flow {
+        match decoded.opcode {
+            frame::OP_CLOSE => {
+                // Either the answer to our close or the peer closing: answer with its code.
+                if self.close_deadline.is_none() {
+                    let code = match frame::close_code_of(&decoded.payload) {
+                        None if decoded.payload.is_empty() => close_code::NORMAL,
+                        Some(code) if frame::is_valid_close_code(code) => code,
+                        _ => close_code::PROTOCOL_ERROR,
+                    };
+                    self.handle.close(code, "");
+                }
+                return Flow::Stop;
+            }
+            frame::OP_PING => {
+                if self.close_deadline.is_none() {
+                    self.handle
+                        .send(frame::encode_frame(frame::OP_PONG, &decoded.payload));
+                }
+                return Flow::Continue;
+            }
+            frame::OP_PONG => return Flow::Continue,
+            _ => {}
+        }
+        let message = match self
+            .assembler
+            .push(decoded, self.core.config.max_payload_length)
+        {
+            Ok(Some(message)) => message,
+            Ok(None) => return Flow::Continue,
+            Err(error) => {
+                self.framing_error(error);
+                return Flow::Continue;
+            }
+        };
+        if self.close_deadline.is_some() {
+            // Closing: messages that crossed our close frame are not routed.
+            return Flow::Continue;
+        }
+        self.handle.touch(now_ms());
+        match message {
+            DataMessage::Text(text) => self.route(&text).await,
+            // Binary frames are read as UTF-8 JSON text, as the TypeScript helper does.
+            DataMessage::Binary(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => self.route(&text).await,
+                Err(_) => self.send_error(protocol::ERR_INVALID_FORMAT),
+            },
+        }
+        Flow::Continue
+    }
+
+    async fn route(&mut self, text: &str) {
+        let inbound = match protocol::parse_inbound(text) {
+            Ok(inbound) => inbound,
+            Err(InboundError::InvalidFormat) => {
+                return self.send_error(protocol::ERR_INVALID_FORMAT)
+            }
+            Err(InboundError::MissingEvent) => {
+                let quoted: String = text.chars().take(LOG_QUOTE_CHARS).collect();
+                self.core.log(
+                    LogLevel::Error,
+                    format!(
+                        "Invalid message payload | Missing event | id: {} | raw: {quoted}",
+                        self.id()
+                    ),
+                );
+                return;
+            }
+        };
+        match inbound {
+            Inbound::Heartbeat => {}
+            Inbound::Authenticate { data } => self.authenticate(data.unwrap_or("{}")).await,
+            _ if !self.authenticated => self.send_error(protocol::ERR_NOT_AUTHENTICATED),
+            Inbound::Join(request) => self.join(request).await,
+            Inbound::Leave(request) => self.leave(request),
+            Inbound::Custom { .. } => self.custom(text).await,
+        }
+    }
+
+    /// Waits for a JS call, bounded by `deadline`; also gives up when the connection starts
+    /// closing. `None` when there is no outcome to act on (the reason is already logged).
+    async fn wait_for(
+        &mut self,
+        call: &mut PendingCall,
+        deadline: Instant,
+        callback: &str,
+    ) -> Option<Outcome> {
+        let handle = self.handle.clone();
+        tokio::select! {
+            result = call.outcome() => match result {
+                CallResult::Settled(outcome) => Some(outcome),
+                CallResult::Abandoned => None,
+            },
+            _ = sleep_until(deadline) => {
+                self.core.log(
+                    LogLevel::Warn,
+                    format!("{callback} did not settle in time | id: {}", self.id()),
+                );
+                None
+            }
+            _ = handle.close_started() => {
+                self.close_started();
+                None
+            }
+        }
+    }
+
+    fn callback_deadline(&self) -> Instant {
+        Instant::now() + self.core.config.callback_timeout
+    }
+
+    async fn authenticate(&mut self, data: &str) {
+        match self.core.hub.begin_authentication(self.id()) {
+            AuthStart::Started => {}
+            AuthStart::NotUnauthorized => {
+                return self.send_error(protocol::ERR_ALREADY_AUTHENTICATED)
+            }
+            AuthStart::Unknown => return,
+        }
+        // The in-progress timer replaces the initial one.
+        self.auth_deadline = None;
+        let deadline = Instant::now() + self.core.config.auth_timeout * 3;
+        let id = self.handle.id.clone();
+        let mut call = self.core.dispatcher.call(JsCall::Authenticate {
+            client_id: &id,
+            data,
+        });
+        let Some(outcome) = self.wait_for(&mut call, deadline, "authenticateFn").await else {
+            if self.close_deadline.is_none() {
+                self.core.log(
+                    LogLevel::Warn,
+                    format!("Auth in-progress timeout | id: {id}"),
+                );
+                self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
+            }
+            return;
+        };
+        let user_id = match outcome {
+            Err(error) => {
+                self.core.log(
+                    LogLevel::Error,
+                    format!("Authentication error | id: {id} | error: {error}"),
+                );
+                self.send_error(protocol::ERR_AUTH_ERROR);
+                return self.close(close_code::AUTH_FAILED, "Authentication failed");
+            }
+            // The JS dispatcher answers `false` for a falsy result and `{ userId }` otherwise.
+            Ok(Value::Object(result)) => result
+                .get("userId")
+                .and_then(Value::as_str)
+                .map(Arc::<str>::from),
+            Ok(_) => {
+                self.core.log(
+                    LogLevel::Info,
+                    format!("Authentication rejected | id: {id}"),
+                );
+                self.send_error(protocol::ERR_AUTH_FAILED);
+                return self.close(close_code::AUTH_FAILED, "Authentication failed");
+            }
+        };
+        let auth_token = call.token;
+        let accepted = !self.handle.is_closing()
+            && self.core.hub.complete_authentication(
+                &id,
+                user_id.as_deref(),
+                &self.core.config.default_rooms,
+            );
+        if !accepted {
+            self.core
+                .dispatcher
+                .notify(JsNotice::Discard { token: auth_token });
+            return;
+        }
+        self.authenticated = true;
+        self.user_id = user_id;
+        let user = self.user_id.clone();
+        let connected = protocol::connected_message(&id, user.as_deref(), now_ms());
+        self.handle.send(frame::text_frame(&connected));
+        self.core.log(
+            LogLevel::Info,
+            format!(
+                "Authenticated | id: {id} | userId: {} | encrypted: false",
+                user.as_deref().unwrap_or("anonymous")
+            ),
+        );
+        // Also hands the metadata JS kept for `auth_token` over to the client.
+        let mut call = self.core.dispatcher.call(JsCall::ClientConnected {
+            client_id: &id,
+            user_id: user.as_deref(),
+            auth_token,
+        });
+        let deadline = self.callback_deadline();
+        if let Some(Err(error)) = self
+            .wait_for(&mut call, deadline, "clientConnectedFn")
+            .await
+        {
+            self.core.log(
+                LogLevel::Error,
+                format!("clientConnectedFn error | id: {id} | error: {error}"),
+            );
+        }
+    }
+
+    async fn join(&mut self, request: RoomRequest) {
+        let id = self.handle.id.clone();
+        let RoomRequest::Rooms(requested) = request else {
+            return self.core.log(
+                LogLevel::Warn,
+                format!("Join rejected | id: {id} | reason: data must be {{ rooms: string[] }}"),
+            );
+        };
+        if requested.is_empty() {
+            return;
+        }
+        let mut sanitized: Vec<String> = requested
+            .into_iter()
+            .filter(|room| protocol::is_joinable_room_name(room))
+            .collect();
+        sanitized.dedup();
+        let rooms_json = serde_json::to_string(&sanitized).unwrap_or_default();
+        if sanitized.is_empty() {
+            return self.core.log(
+                LogLevel::Warn,
+                format!("Join rejected | id: {id} | reason: all rooms filtered out"),
+            );
+        }
+        if !self.core.config.has_validate_room_fn {
+            return self.core.log(
+                LogLevel::Warn,
+                format!("Join rejected | id: {id} | rooms: {rooms_json} | reason: no validateRoomFn configured"),
+            );
+        }
+        let user = self.user_id.clone();
+        let mut call = self.core.dispatcher.call(JsCall::ValidateRooms {
+            client_id: &id,
+            user_id: user.as_deref(),
+            rooms: &sanitized,
+        });
+        let deadline = self.callback_deadline();
+        let allowed =
+            match self.wait_for(&mut call, deadline, "validateRoomFn").await {
+                None => return,
+                Some(Err(error)) => return self.core.log(
+                    LogLevel::Error,
+                    format!(
+                        "Failed to join rooms | id: {id} | rooms: {rooms_json} | error: {error}"
+                    ),
+                ),
+                Some(Ok(Value::Array(allowed))) => allowed,
+                Some(Ok(_)) => Vec::new(),
+            };
+        // Only rooms that were requested and passed sanitising: a validateRoomFn returning
+        // something else cannot put the client into an internal or unrequested room.
+        let joined: Vec<&String> = sanitized
+            .iter()
+            .filter(|room| {
+                allowed
+                    .iter()
+                    .any(|allowed| allowed.as_str() == Some(room.as_str()))
+            })
+            .collect();
+        if joined.is_empty() {
+            return self.core.log(
+                LogLevel::Warn,
+                format!(
+                    "Join rejected | id: {id} | rooms: {rooms_json} | reason: no rooms allowed"
+                ),
+            );
+        }
+        for room in &joined {
+            self.core.hub.join(&id, room);
+        }
+        self.core.log(
+            LogLevel::Info,
+            format!(
+                "Joined rooms | id: {id} | rooms: {}",
+                serde_json::to_string(&joined).unwrap_or_default()
+            ),
+        );
+    }
+
+    fn leave(&mut self, request: RoomRequest) {
+        let RoomRequest::Rooms(requested) = request else {
+            return self.core.log(
+                LogLevel::Warn,
+                format!(
+                    "Leave rejected | id: {} | reason: data must be {{ rooms: string[] }}",
+                    self.id()
+                ),
+            );
+        };
+        let rooms = self.core.hub.rooms_of_client_among(self.id(), &requested);
+        if rooms.is_empty() {
+            return;
+        }
+        for room in &rooms {
+            self.core.hub.leave(self.id(), room);
+        }
+        self.core.log(
+            LogLevel::Info,
+            format!(
+                "Left rooms | id: {} | rooms: {}",
+                self.id(),
+                serde_json::to_string(&rooms).unwrap_or_default()
+            ),
+        );
+    }
+
+    async fn custom(&mut self, text: &str) {
+        let id = self.handle.id.clone();
+        if !self.core.config.has_message_handler {
+            return self.core.log(
+                LogLevel::Debug,
+                format!("No messageHandler for extra event | id: {id}"),
+            );
+        }
+        let user = self.user_id.clone();
+        let mut call = self.core.dispatcher.call(JsCall::Message {
+            client_id: &id,
+            user_id: user.as_deref(),
+            message: text,
+        });
+        let deadline = self.callback_deadline();
+        if let Some(Err(error)) = self.wait_for(&mut call, deadline, "messageHandler").await {
+            self.core.log(
+                LogLevel::Error,
+                format!("Message handler error | id: {id} | error: {error}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Calls into JavaScript, batched.
+//!
+//! Connections never call JS directly. They queue calls here; one runner task takes
+//! everything queued, encodes it as one JSON array and hands it to the JS thread in a single
+//! crossing. While JS works through a batch the next one accumulates, so the number of
+//! crossings falls as load rises. JS answers calls that finished synchronously in the
+//! batch's return value and the others later through [`Dispatcher::settle`].
+//!
+//! Every call that expects an answer carries a token; a caller that stops waiting (timeout,
+//! closed connection) drops its [`PendingCall`], which forgets the token, so a late answer
+//! is recognised and JS is told to discard what it kept for it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::json_string;
+
+/// The JS side of the bridge. `deliver` runs the batch on the JS thread and resolves with
+/// the JSON text of the synchronous outcomes.
+pub trait JsBridge: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        batch: String,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+}
+
+/// The result of one JS callback: its (normalised) value, or the message of what it threw
+/// or rejected with.
+pub type Outcome = Result<Value, String>;
+
+/// Calls whose outcome a connection waits for.
+pub enum JsCall<'a> {
+    Authenticate {
+        client_id: &'a str,
+        /// Raw JSON of the message's `data`.
+        data: &'a str,
+    },
+    ValidateRooms {
+        client_id: &'a str,
+        user_id: Option<&'a str>,
+        rooms: &'a [String],
+    },
+    ClientConnected {
+        client_id: &'a str,
+        user_id: Option<&'a str>,
+        auth_token: u64,
+    },
+    Message {
+        client_id: &'a str,
+        user_id: Option<&'a str>,
+        /// The whole message text, a JSON object.
+        message: &'a str,
+    },
+}
+
+/// Fire-and-forget notices.
+pub enum JsNotice<'a> {
+    ClientDisconnected {
+        client_id: &'a str,
+        user_id: Option<&'a str>,
+    },
+    /// JS may drop what it kept for this token (an accepted authentication's metadata).
+    Discard {
+        token: u64,
+    },
+    Log {
+        level: LogLevel,
+        text: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Kinds as the JS dispatcher (lib/dispatch.js) reads them.
+mod kind {
+    pub const AUTHENTICATE: u8 = 1;
+    pub const VALIDATE_ROOMS: u8 = 2;
+    pub const CLIENT_CONNECTED: u8 = 3;
+    pub const MESSAGE: u8 = 4;
+    pub const CLIENT_DISCONNECTED: u8 = 5;
+    pub const DISCARD: u8 = 6;
+    pub const LOG: u8 = 7;
+}
+
+fn opt_string(value: Option<&str>) -> String {
+    value.map(json_string).unwrap_or_else(|| "null".to_string())
+}
+
+fn encode_call(token: u64, call: &JsCall<'_>) -> String {
+    match call {
+        JsCall::Authenticate { client_id, data } => {
+            format!(
+                "[{},{token},{},{data}]",
+                kind::AUTHENTICATE,
+                json_string(client_id)
+            )
+        }
+        JsCall::ValidateRooms {
+            client_id,
+            user_id,
+            rooms,
+        } => format!(
+            "[{},{token},{},{},{}]",
+            kind::VALIDATE_ROOMS,
+            json_string(client_id),
+            opt_string(*user_id),
+            serde_json::to_string(rooms).expect("strings serialise")
+        ),
+        JsCall::ClientConnected {
+            client_id,
+            user_id,
+            auth_token,
+        } => format!(
+            "[{},{token},{},{},{auth_token}]",
+            kind::CLIENT_CONNECTED,
+            json_string(client_id),
+            opt_string(*user_id)
+        ),
+        JsCall::Message {
+            client_id,
+            user_id,
+            message,
+        } => format!(
+            "[{},{token},{},{},{message}]",
+            kind::MESSAGE,
+            json_string(client_id),
+            opt_string(*user_id)
+        ),
+    }
+}
+
+fn encode_notice(notice: &JsNotice<'_>) -> String {
+    match notice {
+        JsNotice::ClientDisconnected { client_id, user_id } => format!(
+            "[{},0,{},{}]",
+            kind::CLIENT_DISCONNECTED,
+            json_string(client_id),
+            opt_string(*user_id)
+        ),
+        JsNotice::Discard { token } => format!("[{},0,{token}]", kind::DISCARD),
+        JsNotice::Log { level, text } => {
+            format!(
+                "[{},0,\"{}\",{}]",
+                kind::LOG,
+                level.as_str(),
+                json_string(text)
+            )
+        }
+    }
+}
+
+/// Parses JS's answer `[[token, failed, value], ...]`.
+pub fn parse_outcomes(text: &str) -> Result<Vec<(u64, Outcome)>, serde_json::Error> {
+    let rows: Vec<(u64, u8, Box<RawValue>)> = serde_json::from_str(text)?;
+    rows.into_iter()
+        .map(|(token, failed, value)| {
+            let outcome = if failed == 0 {
+                Ok(serde_json::from_str(value.get())?)
+            } else {
+                Err(serde_json::from_str::<String>(value.get())
+                    .unwrap_or_else(|_| value.get().to_string()))
+            };
+            Ok((token, outcome))
+        })
+        .collect()
+}
+
+enum Item {
+    Encoded(String),
+    Log(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Upper bound of one batch, so a burst cannot build an unbounded string.
+const MAX_BATCH_ITEMS: usize = 4096;
+/// Log lines waiting for JS beyond this are dropped and counted: a client flooding the
+/// server with bad frames must not grow memory through the log.
+const MAX_QUEUED_LOGS: usize = 10_000;
+
+pub struct Dispatcher {
+    queue: mpsc::UnboundedSender<Item>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    next_token: AtomicU64,
+    queued_logs: AtomicUsize,
+    dropped_logs: AtomicU64,
+}
+
+/// What became of a call.
+#[derive(Debug, PartialEq)]
+pub enum CallResult {
+    Settled(Outcome),
+    /// The dispatcher stopped (the server shut down) before JS answered.
+    Abandoned,
+}
+
+/// A call in flight. Dropping it forgets the token.
+pub struct PendingCall {
+    dispatcher: Arc<Dispatcher>,
+    pub token: u64,
+    receiver: oneshot::Receiver<Outcome>,
+}
+
+impl PendingCall {
+    pub async fn outcome(&mut self) -> CallResult {
+        match (&mut self.receiver).await {
+            Ok(outcome) => CallResult::Settled(outcome),
+            Err(_) => CallResult::Abandoned,
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.dispatcher.forget(self.token);
+    }
+}
+
+impl Dispatcher {
+    /// Creates the dispatcher and spawns its runner on the current tokio runtime.
+    pub fn start(bridge: Arc<dyn JsBridge>) -> Arc<Self> {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let dispatcher = Arc::new(Dispatcher {
+            queue,
+            pending: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            queued_logs: AtomicUsize::new(0),
+            dropped_logs: AtomicU64::new(0),
+        });
+        tokio::spawn(dispatcher.clone().run(receiver, bridge));
+        dispatcher
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn call(self: &Arc<Self>, call: JsCall<'_>) -> PendingCall {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.pending().insert(token, sender);
+        // If the runner is gone the sender is dropped with the queue item and the caller
+        // sees `Abandoned`.
+        let _ = self.queue.send(Item::Encoded(encode_call(token, &call)));
+        PendingCall {
+            dispatcher: self.clone(),
+            token,
+            receiver,
+        }
+    }
+
+    pub fn notify(&self, notice: JsNotice<'_>) {
+        if let JsNotice::Log { .. } = notice {
+            if self.queued_logs.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_LOGS {
+                self.queued_logs.fetch_sub(1, Ordering::Relaxed);
+                self.dropped_logs.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let _ = self.queue.send(Item::Log(encode_notice(&notice)));
+            return;
+        }
+        let _ = self.queue.send(Item::Encoded(encode_notice(&notice)));
+    }
+
+    pub fn log(&self, level: LogLevel, text: &str) {
+        self.notify(JsNotice::Log { level, text });
+    }
+
+    fn forget(&self, token: u64) {
+        self.pending().remove(&token);
+    }
+
+    /// Routes a JS outcome to its waiting caller. False when nobody waits any more.
+    pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
+        match self.pending().remove(&token) {
+            Some(sender) => sender.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Resolves once everything queued before it has been handed to JS and JS returned.
+    pub async fn flush(&self) {
+        let (sender, receiver) = oneshot::channel();
+        if self.queue.send(Item::Flush(sender)).is_ok() {
+            let _ = receiver.await;
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut receiver: mpsc::UnboundedReceiver<Item>,
+        bridge: Arc<dyn JsBridge>,
+    ) {
+        let mut items = Vec::with_capacity(64);
+        while receiver.recv_many(&mut items, MAX_BATCH_ITEMS).await > 0 {
+            let mut batch = String::with_capacity(256);
+            let mut flushes = Vec::new();
+            let mut logs = 0;
+            for item in items.drain(..) {
+                let encoded = match item {
+                    Item::Encoded(text) => text,
+                    Item::Log(text) => {
+                        logs += 1;
+                        text
+                    }
+                    Item::Flush(done) => {
+                        flushes.push(done);
+                        continue;
+                    }
+                };
+                batch.push(if batch.is_empty() { '[' } else { ',' });
+                batch.push_str(&encoded);
+            }
+            self.queued_logs.fetch_sub(logs, Ordering::Relaxed);
+            let dropped = self.dropped_logs.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                let text = format!("{dropped} log lines dropped: logging could not keep up");
+                batch.push(if batch.is_empty() { '[' } else { ',' });
+                batch.push_str(&encode_notice(&JsNotice::Log {
+                    level: LogLevel::Warn,
+                    text: &text,
+                }));
+            }
+            if !batch.is_empty() {
+                batch.push(']');
+                self.deliver(&*bridge, batch).await;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn deliver(&self, bridge: &dyn JsBridge, batch: String) {
+        let answer = match bridge.deliver(batch).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                // JS is unreachable (environment shutting down); calls waiting on this batch
+                // end by their own timeouts.
+                eprintln!("[ignis-native-ws] could not deliver callbacks to JavaScript: {error}");
+                return;
+            }
+        };
+        let outcomes = match parse_outcomes(&answer) {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                eprintln!("[ignis-native-ws] unreadable answer from the JS dispatcher: {error}");
+                return;
+            }
+        };
+        for (token, outcome) in outcomes {
+            if !self.settle(token, outcome) {
+                self.notify(JsNotice::Discard { token });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A JS stand-in that records batches and answers every call synchronously with the
+    /// token echoed back.
+    struct EchoBridge {
+        batches: Mutex<Vec<String>>,
+    }
+
+    impl JsBridge for EchoBridge {
+        fn deliver(
+            &self,
+            batch: String,
+        ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+            let rows: Vec<Vec<Value>> = serde_json::from_str(&batch).unwrap();
+            self.batches.lock().unwrap().push(batch);
+            let answers: Vec<String> = rows
+                .iter()
+                .filter(|row| row[1].as_u64() != Some(0))
+                .map(|row| format!("[{},0,{}]", row[1], row[1]))
+                .collect();
+            Box::pin(async move { Ok(format!("[{}]", answers.join(","))) })
+        }
+    }
+
+    #[test]
+    fn encodes_calls_as_json_rows() {
+        let rooms = vec!["a\"b".to_string()];
+        let row = encode_call(
+            7,
+            &JsCall::ValidateRooms {
+                client_id: "c",
+                user_id: None,
+                rooms: &rooms,
+            },
+        );
+        assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
+        let row = encode_call(
+            8,
+            &JsCall::Message {
+                client_id: "c",
+                user_id: Some("u"),
+                message: r#"{"event":"x"}"#,
+            },
+        );
+        assert_eq!(row, r#"[4,8,"c","u",{"event":"x"}]"#);
+        assert_eq!(
+            encode_notice(&JsNotice::Log {
+                level: LogLevel::Warn,
+                text: "a\nb"
+            }),
+            r#"[7,0,"warn","a\nb"]"#
+        );
+    }
+
+    #[test]
+    fn parses_outcomes_of_both_kinds() {
+        let outcomes = parse_outcomes(r#"[[1,0,{"userId":"u"}],[2,1,"boom"],[3,0,null]]"#).unwrap();
+        assert_eq!(outcomes[0], (1, Ok(serde_json::json!({"userId":"u"}))));
+        assert_eq!(outcomes[1], (2, Err("boom".to_string())));
+        assert_eq!(outcomes[2], (3, Ok(Value::Null)));
+        assert!(parse_outcomes("nope").is_err());
+    }
+
+    #[tokio::test]
+    async fn batches_calls_and_routes_answers_by_token() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let mut calls: Vec<PendingCall> = (0..5)
+            .map(|_| {
+                dispatcher.call(JsCall::Authenticate {
+                    client_id: "c",
+                    data: "{}",
+                })
+            })
+            .collect();
+        dispatcher.log(LogLevel::Info, "hello");
+        for call in &mut calls {
+            let token = call.token;
+            assert_eq!(
+                call.outcome().await,
+                CallResult::Settled(Ok(Value::from(token)))
+            );
+        }
+        dispatcher.flush().await;
+        let batches = bridge.batches.lock().unwrap().clone();
+        // All six items were queued before the runner woke: one crossing.
+        assert_eq!(batches.len(), 1, "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_is_discarded_not_delivered() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let call = dispatcher.call(JsCall::Authenticate {
+            client_id: "c",
+            data: "{}",
+        });
+        let token = call.token;
+        drop(call);
+        assert!(!dispatcher.settle(token, Ok(Value::Null)));
+        dispatcher.flush().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        dispatcher.flush().await;
+        let batches = bridge.batches.lock().unwrap().clone();
+        assert!(
+            batches
+                .iter()
+                .any(|b| b.contains(&format!("[6,0,{token}]"))),
+            "{batches:?}"
+        );
+    }
+}

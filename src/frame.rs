@@ -1,0 +1,375 @@
+//! RFC 6455 framing for the server side, kept apart from I/O.
+//!
+//! We frame outgoing messages ourselves (instead of letting a WebSocket stream do it per
+//! socket) so that a room or broadcast message is framed once and every recipient's queue
+//! holds the same reference-counted bytes. Incoming frames are decoded from the connection's
+//! buffer; nothing here allocates for a frame whose declared size is over the limit.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Close codes this server sends.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const AUTH_TIMEOUT: u16 = 4001;
+    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+    pub const AUTH_FAILED: u16 = 4003;
+}
+
+/// One decoded frame, payload already unmasked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Why a peer's bytes cannot be read as frames; each maps to the close code we answer with.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum FrameError {
+    Protocol(&'static str),
+    TooBig,
+    InvalidUtf8,
+}
+
+impl FrameError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            FrameError::Protocol(_) => close_code::PROTOCOL_ERROR,
+            FrameError::TooBig => close_code::MESSAGE_TOO_BIG,
+            FrameError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            FrameError::Protocol(reason) => reason,
+            FrameError::TooBig => "Message too big",
+            FrameError::InvalidUtf8 => "Invalid UTF-8",
+        }
+    }
+}
+
+/// Decodes one client frame from the start of `buf`. `Ok(None)` means more bytes are needed.
+/// Data frames whose declared payload exceeds `max_payload` fail before their payload is read.
+pub fn decode_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    let fin = b0 & 0x80 != 0;
+    if b0 & 0x70 != 0 {
+        // No extension is negotiated, so every RSV bit must be clear.
+        return Err(FrameError::Protocol("Reserved bits set"));
+    }
+    let opcode = b0 & 0x0F;
+    let is_control = opcode & 0x08 != 0;
+    match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+        _ => return Err(FrameError::Protocol("Reserved opcode")),
+    }
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Protocol("Client frame not masked"));
+    }
+    let (length, mut offset) = match b1 & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(bytes), 10)
+        }
+        short => (u64::from(short), 2),
+    };
+    if is_control && (length > 125 || !fin) {
+        return Err(FrameError::Protocol("Invalid control frame"));
+    }
+    if length > max_payload as u64 {
+        return Err(FrameError::TooBig);
+    }
+    let length = length as usize;
+    if buf.len() < offset + 4 + length {
+        return Ok(None);
+    }
+    let mask = [
+        buf[offset],
+        buf[offset + 1],
+        buf[offset + 2],
+        buf[offset + 3],
+    ];
+    offset += 4;
+    let mut payload = buf[offset..offset + length].to_vec();
+    unmask(&mut payload, mask);
+    Ok(Some((
+        Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        offset + length,
+    )))
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let mask_word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ mask_word;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i];
+    }
+}
+
+/// A complete data message, reassembled from its fragments.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataMessage {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// Reassembles fragmented data messages and enforces the message size limit across
+/// fragments. Control frames are not passed through it.
+#[derive(Default)]
+pub struct MessageAssembler {
+    opcode: Option<u8>,
+    fragments: Vec<u8>,
+}
+
+impl MessageAssembler {
+    pub fn push(
+        &mut self,
+        frame: Frame,
+        max_payload: usize,
+    ) -> Result<Option<DataMessage>, FrameError> {
+        let (opcode, payload) = match (frame.opcode, self.opcode) {
+            (OP_CONTINUATION, None) => {
+                return Err(FrameError::Protocol("Continuation without a message"))
+            }
+            (OP_CONTINUATION, Some(opcode)) => {
+                if self.fragments.len() + frame.payload.len() > max_payload {
+                    return Err(FrameError::TooBig);
+                }
+                self.fragments.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    return Ok(None);
+                }
+                self.opcode = None;
+                (opcode, std::mem::take(&mut self.fragments))
+            }
+            (_, Some(_)) => return Err(FrameError::Protocol("Expected a continuation frame")),
+            (opcode, None) if !frame.fin => {
+                self.opcode = Some(opcode);
+                self.fragments = frame.payload;
+                return Ok(None);
+            }
+            (opcode, None) => (opcode, frame.payload),
+        };
+        Ok(Some(match opcode {
+            OP_TEXT => {
+                DataMessage::Text(String::from_utf8(payload).map_err(|_| FrameError::InvalidUtf8)?)
+            }
+            _ => DataMessage::Binary(payload),
+        }))
+    }
+}
+
+/// An unmasked server frame with FIN set.
+pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    out.put_u8(0x80 | opcode);
+    match payload.len() {
+        len if len < 126 => out.put_u8(len as u8),
+        len if len <= 0xFFFF => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        len => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+pub fn text_frame(text: &str) -> Bytes {
+    encode_frame(OP_TEXT, text.as_bytes())
+}
+
+/// A close frame; the reason is cut at a character boundary to fit the 125-byte limit.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode_frame(OP_CLOSE, &payload)
+}
+
+/// Codes a peer may put in a close frame (RFC 6455, section 7.4).
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The status code of a received close frame, if it carried one.
+pub fn close_code_of(payload: &[u8]) -> Option<u16> {
+    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![first_byte];
+        match payload.len() {
+            len if len < 126 => out.push(0x80 | len as u8),
+            len if len <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn decodes_masked_frames_of_every_length_form() {
+        for len in [0usize, 5, 125, 126, 1000, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let bytes = client_frame(0x81, &payload);
+            let (frame, used) = decode_frame(&bytes, 1 << 20).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(frame.payload, payload);
+            assert!(frame.fin);
+            assert_eq!(frame.opcode, OP_TEXT);
+            // Every strict prefix asks for more bytes instead of failing.
+            for cut in [0, 1, 2, bytes.len() / 2, bytes.len() - 1] {
+                assert_eq!(
+                    decode_frame(&bytes[..cut], 1 << 20),
+                    Ok(None),
+                    "len {len} cut {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_what_rfc_6455_forbids() {
+        let unmasked = [0x81u8, 0x01, b'a'];
+        assert!(matches!(
+            decode_frame(&unmasked, 100),
+            Err(FrameError::Protocol(_))
+        ));
+        let rsv = client_frame(0xC1, b"a");
+        assert!(matches!(
+            decode_frame(&rsv, 100),
+            Err(FrameError::Protocol(_))
+        ));
+        let reserved_opcode = client_frame(0x83, b"a");
+        assert!(matches!(
+            decode_frame(&reserved_opcode, 100),
+            Err(FrameError::Protocol(_))
+        ));
+        let long_ping = client_frame(0x89, &[0; 126]);
+        assert!(matches!(
+            decode_frame(&long_ping, 1000),
+            Err(FrameError::Protocol(_))
+        ));
+        let fragmented_ping = client_frame(0x09, b"a");
+        assert!(matches!(
+            decode_frame(&fragmented_ping, 1000),
+            Err(FrameError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_oversize_frames_from_the_header_alone() {
+        let header_only = &client_frame(0x81, &[0; 2000])[..4];
+        assert_eq!(decode_frame(header_only, 1999), Err(FrameError::TooBig));
+        let huge = [0x82u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(decode_frame(&huge, 1 << 20), Err(FrameError::TooBig));
+    }
+
+    #[test]
+    fn reassembles_fragments_within_the_limit() {
+        let mut assembler = MessageAssembler::default();
+        let part = |fin: bool, opcode: u8, text: &str| Frame {
+            fin,
+            opcode,
+            payload: text.as_bytes().to_vec(),
+        };
+        assert_eq!(assembler.push(part(false, OP_TEXT, "he"), 10), Ok(None));
+        assert_eq!(
+            assembler.push(part(false, OP_CONTINUATION, "ll"), 10),
+            Ok(None)
+        );
+        assert_eq!(
+            assembler.push(part(true, OP_CONTINUATION, "o"), 10),
+            Ok(Some(DataMessage::Text("hello".into())))
+        );
+        assert_eq!(assembler.push(part(false, OP_BINARY, "12345"), 8), Ok(None));
+        assert_eq!(
+            assembler.push(part(true, OP_CONTINUATION, "6789"), 8),
+            Err(FrameError::TooBig)
+        );
+        let mut assembler = MessageAssembler::default();
+        assert!(assembler.push(part(true, OP_CONTINUATION, "x"), 8).is_err());
+        assert_eq!(assembler.push(part(false, OP_TEXT, "x"), 8), Ok(None));
+        assert!(assembler.push(part(true, OP_TEXT, "y"), 8).is_err());
+        let mut assembler = MessageAssembler::default();
+        let invalid = Frame {
+            fin: true,
+            opcode: OP_TEXT,
+            payload: vec![0xff, 0xfe],
+        };
+        assert_eq!(assembler.push(invalid, 8), Err(FrameError::InvalidUtf8));
+    }
+
+    #[test]
+    fn encodes_unmasked_server_frames() {
+        assert_eq!(&text_frame("hi")[..], &[0x81, 2, b'h', b'i']);
+        let medium = encode_frame(OP_BINARY, &[7; 300]);
+        assert_eq!(&medium[..4], &[0x82, 126, 0x01, 0x2C]);
+        assert_eq!(medium.len(), 304);
+        let large = encode_frame(OP_TEXT, &vec![b'a'; 70_000]);
+        assert_eq!(&large[..2], &[0x81, 127]);
+        assert_eq!(large.len(), 70_010);
+        let close = close_frame(4001, "Authentication timeout");
+        assert_eq!(&close[..4], &[0x88, 24, 0x0F, 0xA1]);
+        assert_eq!(close_code_of(&close[2..]), Some(4001));
+        // Long multi-byte reasons are cut at a character boundary within 125 bytes.
+        let long = close_frame(1000, &"é".repeat(100));
+        assert!(long.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+}

@@ -1,0 +1,228 @@
+//! The HTTP/1.1 upgrade request: parse it, decide, and write the answer.
+//!
+//! Only a WebSocket upgrade on the configured path is accepted. Anything else gets a small
+//! plain-text HTTP error and the connection is closed, so a browser or curl pointed at the
+//! port sees why nothing happened.
+
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Upgrade requests larger than this are refused (431).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// The parts of an upgrade request the server keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// The request target as sent, path and query.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An HTTP status with a short plain-text reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+pub enum Decision {
+    Accept {
+        request: UpgradeRequest,
+        accept_key: String,
+    },
+    Reject(Rejection),
+}
+
+const BAD_REQUEST: Rejection = Rejection {
+    status: 400,
+    reason: "Bad Request",
+};
+
+/// Parses the request at the start of `buf`. `Ok(None)`: incomplete, read more.
+/// On success also returns how many bytes the request took (frames may follow it).
+pub fn decide(buf: &[u8], path: &str) -> Result<Option<(Decision, usize)>, Rejection> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let used = match request.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_BYTES => {
+            return Err(Rejection {
+                status: 431,
+                reason: "Request Header Fields Too Large",
+            })
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection {
+                status: 431,
+                reason: "Request Header Fields Too Large",
+            })
+        }
+        Err(_) => return Err(BAD_REQUEST),
+    };
+    let url = request.path.ok_or(BAD_REQUEST)?;
+    let request_path = url.split('?').next().unwrap_or_default();
+    if request_path != path {
+        return Ok(Some((
+            Decision::Reject(Rejection {
+                status: 404,
+                reason: "Not Found",
+            }),
+            used,
+        )));
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let reject = |status, reason| Ok(Some((Decision::Reject(Rejection { status, reason }), used)));
+    if request.method != Some("GET") {
+        return reject(405, "Method Not Allowed");
+    }
+    if request.version != Some(1) {
+        return reject(400, "Bad Request");
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return reject(426, "Upgrade Required");
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return reject(426, "Upgrade Required");
+    }
+    let Some(key) = header("sec-websocket-key").filter(|key| is_valid_key(key)) else {
+        return reject(400, "Bad Request");
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+    let request = UpgradeRequest {
+        url: url.to_string(),
+        headers: request
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    Ok(Some((
+        Decision::Accept {
+            request,
+            accept_key,
+        },
+        used,
+    )))
+}
+
+/// A key is the base64 form of 16 bytes: 22 characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+pub fn accept_response(accept_key: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+}
+
+pub fn reject_response(rejection: Rejection) -> String {
+    let body = format!("{} {}\n", rejection.status, rejection.reason);
+    let upgrade_hint = if rejection.status == 426 {
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {} {}\r\n{upgrade_hint}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        rejection.status,
+        rejection.reason,
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn status_of(request: &str) -> u16 {
+        match decide(request.as_bytes(), "/ws") {
+            Ok(Some((Decision::Accept { .. }, _))) => 101,
+            Ok(Some((Decision::Reject(rejection), _))) | Err(rejection) => rejection.status,
+            Ok(None) => 0,
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_upgrade_with_the_rfc_example_key() {
+        let text = upgrade("/ws?token=1", "Origin: http://a\r\n");
+        let Ok(Some((
+            Decision::Accept {
+                request,
+                accept_key,
+            },
+            used,
+        ))) = decide(text.as_bytes(), "/ws")
+        else {
+            panic!("not accepted");
+        };
+        assert_eq!(used, text.len());
+        assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(request.url, "/ws?token=1");
+        assert!(request
+            .headers
+            .contains(&("origin".to_string(), "http://a".to_string())));
+    }
+
+    #[test]
+    fn answers_everything_else_with_an_http_error() {
+        assert_eq!(status_of(&upgrade("/other", "")), 404);
+        assert_eq!(status_of("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status_of("POST /ws HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status_of("GET /other HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(
+            status_of(&upgrade("/ws", "").replace("Version: 13", "Version: 8")),
+            426
+        );
+        assert_eq!(status_of(&upgrade("/ws", "").replace(KEY, "short")), 400);
+        assert_eq!(status_of("\x16\x03\x01garbage\r\n\r\n"), 400);
+        assert_eq!(status_of("GET /ws HTTP/1.0\r\nHost: x\r\n\r\n"), 400);
+        let huge = format!("GET /ws HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
+        assert_eq!(status_of(&huge), 431);
+        assert_eq!(status_of("GET /ws HTTP/1.1\r\nHost"), 0);
+    }
+
+    #[test]
+    fn responses_are_well_formed_http() {
+        let response = reject_response(Rejection {
+            status: 426,
+            reason: "Upgrade Required",
+        });
+        assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(response.ends_with("\r\n\r\n426 Upgrade Required\n"));
+        assert!(accept_response("abc").ends_with("Sec-WebSocket-Accept: abc\r\n\r\n"));
+    }
+}

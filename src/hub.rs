@@ -1,0 +1,581 @@
+//! The client, user and room indexes, and local delivery over them.
+//!
+//! One `RwLock` guards all three indexes so they never disagree; delivery takes the read lock
+//! and only pushes shared frames into per-connection queues, which is cheap enough to do
+//! under it. Empty rooms and users are removed, as in the TypeScript helper.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::frame::{close_code, close_frame};
+use crate::outbox::{Outbox, Push};
+
+pub type ClientId = Arc<str>;
+type Members = HashMap<ClientId, Arc<ClientHandle>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    Unauthorized,
+    Authenticating,
+    Authenticated,
+}
+
+impl ClientState {
+    /// The `WebSocketClientStates` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Unauthorized => "unauthorized",
+            ClientState::Authenticating => "authenticating",
+            ClientState::Authenticated => "authenticated",
+        }
+    }
+}
+
+/// What every holder of a connection may do with it: queue frames, start closing it, and
+/// read its activity. Owned jointly by the index and the connection's tasks.
+pub struct ClientHandle {
+    pub id: ClientId,
+    pub remote_address: String,
+    pub connected_at: u64,
+    last_activity: AtomicU64,
+    outbox: Outbox,
+    close_on_backpressure_limit: bool,
+    /// Signalled once when a close frame is queued, so the reader stops routing messages.
+    close_started: Notify,
+}
+
+impl ClientHandle {
+    pub fn new(
+        id: ClientId,
+        remote_address: String,
+        now: u64,
+        backpressure_limit: usize,
+        close_on_backpressure_limit: bool,
+    ) -> Self {
+        ClientHandle {
+            id,
+            remote_address,
+            connected_at: now,
+            last_activity: AtomicU64::new(now),
+            outbox: Outbox::new(backpressure_limit),
+            close_on_backpressure_limit,
+            close_started: Notify::new(),
+        }
+    }
+
+    pub fn send(&self, frame: Bytes) -> Push {
+        let result = self.outbox.push(frame);
+        if result == Push::Dropped && self.close_on_backpressure_limit {
+            self.close(close_code::POLICY_VIOLATION, "Backpressure limit exceeded");
+        }
+        result
+    }
+
+    /// Starts the close handshake. Returns false when the connection is already closing.
+    pub fn close(&self, code: u16, reason: &str) -> bool {
+        let started = self.outbox.close(close_frame(code, reason));
+        if started {
+            self.close_started.notify_one();
+        }
+        started
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.outbox.is_closing()
+    }
+
+    pub async fn close_started(&self) {
+        self.close_started.notified().await
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn touch(&self, now: u64) {
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    pub fn last_activity(&self) -> u64 {
+        self.last_activity.load(Ordering::Relaxed)
+    }
+}
+
+struct Entry {
+    handle: Arc<ClientHandle>,
+    state: ClientState,
+    user_id: Option<Arc<str>>,
+    rooms: HashSet<Arc<str>>,
+    encrypted: bool,
+}
+
+/// A copy of one client's fields, for `getClients()` and friends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSnapshot {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub state: ClientState,
+    pub rooms: Vec<String>,
+    pub backpressured: bool,
+    pub encrypted: bool,
+    pub connected_at: u64,
+    pub last_activity: u64,
+    pub remote_address: String,
+}
+
+/// A client taken out of the index.
+#[derive(Debug)]
+pub struct Removed {
+    pub user_id: Option<Arc<str>>,
+    pub state: ClientState,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthStart {
+    Started,
+    /// Authenticating or authenticated already: the spec answers 'Already authenticated'.
+    NotUnauthorized,
+    Unknown,
+}
+
+#[derive(Default)]
+struct Index {
+    clients: HashMap<ClientId, Entry>,
+    users: HashMap<Arc<str>, Members>,
+    rooms: HashMap<Arc<str>, Members>,
+    /// Authenticated clients: the broadcast audience.
+    authenticated: Members,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    index: RwLock<Index>,
+}
+
+/// `exclude` lists are usually a handful of ids; a set only pays off for long ones.
+enum Exclusions<'a> {
+    List(&'a [String]),
+    Set(HashSet<&'a str>),
+}
+
+impl<'a> Exclusions<'a> {
+    fn new(exclude: &'a [String]) -> Self {
+        if exclude.len() > 8 {
+            Exclusions::Set(exclude.iter().map(String::as_str).collect())
+        } else {
+            Exclusions::List(exclude)
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        match self {
+            Exclusions::List(list) => list.iter().any(|excluded| excluded == id),
+            Exclusions::Set(set) => set.contains(id),
+        }
+    }
+}
+
+fn insert_member(
+    map: &mut HashMap<Arc<str>, Members>,
+    key: &str,
+    handle: &Arc<ClientHandle>,
+) -> Arc<str> {
+    let key = match map.get_key_value(key) {
+        Some((existing, _)) => existing.clone(),
+        None => Arc::from(key),
+    };
+    map.entry(key.clone())
+        .or_default()
+        .insert(handle.id.clone(), handle.clone());
+    key
+}
+
+fn remove_member(map: &mut HashMap<Arc<str>, Members>, key: &str, id: &str) {
+    if let Some(members) = map.get_mut(key) {
+        members.remove(id);
+        if members.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Hub {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, handle: Arc<ClientHandle>) {
+        let entry = Entry {
+            handle: handle.clone(),
+            state: ClientState::Unauthorized,
+            user_id: None,
+            rooms: HashSet::new(),
+            encrypted: false,
+        };
+        self.write().clients.insert(handle.id.clone(), entry);
+    }
+
+    pub fn begin_authentication(&self, id: &str) -> AuthStart {
+        match self.write().clients.get_mut(id) {
+            None => AuthStart::Unknown,
+            Some(entry) if entry.state != ClientState::Unauthorized => AuthStart::NotUnauthorized,
+            Some(entry) => {
+                entry.state = ClientState::Authenticating;
+                AuthStart::Started
+            }
+        }
+    }
+
+    /// Marks the client authenticated, indexes its user, joins its own id room and the
+    /// default rooms, and adds it to the broadcast audience. False if it is gone.
+    pub fn complete_authentication(
+        &self,
+        id: &str,
+        user_id: Option<&str>,
+        default_rooms: &[String],
+    ) -> bool {
+        let mut guard = self.write();
+        let index = &mut *guard;
+        let Some(entry) = index.clients.get_mut(id) else {
+            return false;
+        };
+        entry.state = ClientState::Authenticated;
+        let handle = entry.handle.clone();
+        if let Some(user) = user_id {
+            entry.user_id = Some(insert_member(&mut index.users, user, &handle));
+        }
+        index
+            .authenticated
+            .insert(handle.id.clone(), handle.clone());
+        for room in std::iter::once(id).chain(default_rooms.iter().map(String::as_str)) {
+            let room = insert_member(&mut index.rooms, room, &handle);
+            entry.rooms.insert(room);
+        }
+        true
+    }
+
+    pub fn join(&self, id: &str, room: &str) -> bool {
+        let mut guard = self.write();
+        let index = &mut *guard;
+        let Some(entry) = index.clients.get_mut(id) else {
+            return false;
+        };
+        let room = insert_member(&mut index.rooms, room, &entry.handle);
+        entry.rooms.insert(room);
+        true
+    }
+
+    pub fn leave(&self, id: &str, room: &str) -> bool {
+        let mut guard = self.write();
+        let index = &mut *guard;
+        let Some(entry) = index.clients.get_mut(id) else {
+            return false;
+        };
+        let was_member = entry.rooms.remove(room);
+        remove_member(&mut index.rooms, room, id);
+        was_member
+    }
+
+    /// The subset of `rooms` the client is in.
+    pub fn rooms_of_client_among(&self, id: &str, rooms: &[String]) -> Vec<String> {
+        let index = self.read();
+        let Some(entry) = index.clients.get(id) else {
+            return Vec::new();
+        };
+        rooms
+            .iter()
+            .filter(|room| entry.rooms.contains(room.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Removed> {
+        let mut guard = self.write();
+        let index = &mut *guard;
+        let entry = index.clients.remove(id)?;
+        if let Some(user) = &entry.user_id {
+            remove_member(&mut index.users, user, id);
+        }
+        for room in &entry.rooms {
+            remove_member(&mut index.rooms, room, id);
+        }
+        index.authenticated.remove(id);
+        Some(Removed {
+            user_id: entry.user_id,
+            state: entry.state,
+        })
+    }
+
+    pub fn state(&self, id: &str) -> Option<ClientState> {
+        self.read().clients.get(id).map(|entry| entry.state)
+    }
+
+    pub fn user_of(&self, id: &str) -> Option<Arc<str>> {
+        self.read()
+            .clients
+            .get(id)
+            .and_then(|entry| entry.user_id.clone())
+    }
+
+    pub fn has_client(&self, id: &str) -> bool {
+        self.read().clients.contains_key(id)
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.read().rooms.contains_key(room)
+    }
+
+    pub fn handle(&self, id: &str) -> Option<Arc<ClientHandle>> {
+        self.read()
+            .clients
+            .get(id)
+            .map(|entry| entry.handle.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn all_handles(&self) -> Vec<Arc<ClientHandle>> {
+        self.read()
+            .clients
+            .values()
+            .map(|entry| entry.handle.clone())
+            .collect()
+    }
+
+    /// Authenticated clients silent for more than `timeout_ms`.
+    pub fn stale(&self, now: u64, timeout_ms: u64) -> Vec<Arc<ClientHandle>> {
+        self.read()
+            .authenticated
+            .values()
+            .filter(|handle| now.saturating_sub(handle.last_activity()) > timeout_ms)
+            .cloned()
+            .collect()
+    }
+
+    fn snapshot_of(entry: &Entry) -> ClientSnapshot {
+        ClientSnapshot {
+            id: entry.handle.id.to_string(),
+            user_id: entry.user_id.as_deref().map(str::to_string),
+            state: entry.state,
+            rooms: entry.rooms.iter().map(|room| room.to_string()).collect(),
+            backpressured: entry.handle.outbox().is_backpressured(),
+            encrypted: entry.encrypted,
+            connected_at: entry.handle.connected_at,
+            last_activity: entry.handle.last_activity(),
+            remote_address: entry.handle.remote_address.clone(),
+        }
+    }
+
+    pub fn snapshot(&self, id: &str) -> Option<ClientSnapshot> {
+        self.read().clients.get(id).map(Self::snapshot_of)
+    }
+
+    pub fn snapshots(&self) -> Vec<ClientSnapshot> {
+        self.read()
+            .clients
+            .values()
+            .map(Self::snapshot_of)
+            .collect()
+    }
+
+    fn snapshots_of(index: &Index, members: Option<&Members>) -> Vec<ClientSnapshot> {
+        members
+            .into_iter()
+            .flat_map(|members| members.keys())
+            .filter_map(|id| index.clients.get(id).map(Self::snapshot_of))
+            .collect()
+    }
+
+    pub fn snapshots_of_user(&self, user_id: &str) -> Vec<ClientSnapshot> {
+        let index = self.read();
+        Self::snapshots_of(&index, index.users.get(user_id))
+    }
+
+    pub fn snapshots_of_room(&self, room: &str) -> Vec<ClientSnapshot> {
+        let index = self.read();
+        Self::snapshots_of(&index, index.rooms.get(room))
+    }
+
+    pub fn send_to_client(&self, id: &str, frame: Bytes) -> Option<Push> {
+        let handle = self.handle(id)?;
+        Some(handle.send(frame))
+    }
+
+    fn deliver(members: Option<&Members>, frame: &Bytes, exclude: &[String]) -> usize {
+        let Some(members) = members else {
+            return 0;
+        };
+        let exclusions = Exclusions::new(exclude);
+        let mut delivered = 0;
+        for (id, handle) in members {
+            if !exclude.is_empty() && exclusions.contains(id) {
+                continue;
+            }
+            if matches!(
+                handle.send(frame.clone()),
+                Push::Queued(_) | Push::Backpressured
+            ) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Returns how many clients the frame was queued for.
+    pub fn send_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
+        Self::deliver(self.read().users.get(user_id), frame, &[])
+    }
+
+    pub fn send_to_room(&self, room: &str, frame: &Bytes, exclude: &[String]) -> usize {
+        Self::deliver(self.read().rooms.get(room), frame, exclude)
+    }
+
+    pub fn broadcast(&self, frame: &Bytes, exclude: &[String]) -> usize {
+        Self::deliver(Some(&self.read().authenticated), frame, exclude)
+    }
+
+    pub fn clear(&self) {
+        *self.write() = Index::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
+        let handle = Arc::new(ClientHandle::new(
+            Arc::from(id),
+            "127.0.0.1:1".into(),
+            1000,
+            1 << 20,
+            false,
+        ));
+        hub.register(handle.clone());
+        handle
+    }
+
+    fn authenticated(hub: &Hub, id: &str, user: Option<&str>) -> Arc<ClientHandle> {
+        let handle = client(hub, id);
+        assert_eq!(hub.begin_authentication(id), AuthStart::Started);
+        assert!(hub.complete_authentication(
+            id,
+            user,
+            &["ws-default".into(), "ws-notification".into()]
+        ));
+        handle
+    }
+
+    fn sorted(mut list: Vec<String>) -> Vec<String> {
+        list.sort();
+        list
+    }
+
+    #[test]
+    fn authentication_indexes_user_and_joins_own_and_default_rooms() {
+        let hub = Hub::default();
+        client(&hub, "a");
+        assert_eq!(hub.state("a"), Some(ClientState::Unauthorized));
+        assert_eq!(hub.begin_authentication("a"), AuthStart::Started);
+        assert_eq!(hub.begin_authentication("a"), AuthStart::NotUnauthorized);
+        assert_eq!(hub.begin_authentication("zz"), AuthStart::Unknown);
+        assert!(hub.complete_authentication("a", Some("u1"), &["ws-default".into()]));
+        let snapshot = hub.snapshot("a").unwrap();
+        assert_eq!(snapshot.state, ClientState::Authenticated);
+        assert_eq!(snapshot.user_id.as_deref(), Some("u1"));
+        assert_eq!(sorted(snapshot.rooms), vec!["a", "ws-default"]);
+        assert_eq!(hub.snapshots_of_user("u1").len(), 1);
+        assert!(hub.has_room("a"));
+        assert!(!hub.complete_authentication("gone", None, &[]));
+    }
+
+    #[test]
+    fn removal_cleans_every_index_and_drops_empty_entries() {
+        let hub = Hub::default();
+        authenticated(&hub, "a", Some("u1"));
+        authenticated(&hub, "b", Some("u1"));
+        hub.join("a", "lobby");
+        let removed = hub.remove("a").unwrap();
+        assert_eq!(removed.user_id.as_deref(), Some("u1"));
+        assert!(!hub.has_room("a"));
+        assert!(!hub.has_room("lobby"));
+        assert!(hub.has_room("ws-default"));
+        assert_eq!(hub.snapshots_of_user("u1").len(), 1);
+        hub.remove("b");
+        assert!(hub.snapshots_of_user("u1").is_empty());
+        assert!(!hub.has_room("ws-default"));
+        assert!(hub.is_empty());
+        assert!(hub.remove("b").is_none());
+    }
+
+    #[test]
+    fn leave_only_affects_rooms_the_client_is_in() {
+        let hub = Hub::default();
+        authenticated(&hub, "a", None);
+        authenticated(&hub, "b", None);
+        hub.join("b", "lobby");
+        assert_eq!(
+            hub.rooms_of_client_among("a", &["lobby".into(), "ws-default".into()]),
+            vec!["ws-default"]
+        );
+        assert!(!hub.leave("a", "lobby"));
+        assert_eq!(hub.snapshots_of_room("lobby").len(), 1);
+        assert!(hub.leave("b", "lobby"));
+        assert!(!hub.has_room("lobby"));
+    }
+
+    #[tokio::test]
+    async fn delivery_shares_one_frame_and_honours_exclusions() {
+        let hub = Hub::default();
+        let a = authenticated(&hub, "a", Some("u"));
+        let b = authenticated(&hub, "b", Some("u"));
+        let pending = client(&hub, "c");
+        let frame = Bytes::from_static(b"frame");
+        assert_eq!(hub.broadcast(&frame, &[]), 2);
+        assert_eq!(hub.broadcast(&frame, &["a".into()]), 1);
+        assert_eq!(hub.send_to_room("ws-default", &frame, &["b".into()]), 1);
+        assert_eq!(hub.send_to_room("nowhere", &frame, &[]), 0);
+        assert_eq!(hub.send_to_user("u", &frame), 2);
+        assert!(hub.send_to_client("c", frame.clone()).is_some());
+        assert!(hub.send_to_client("nobody", frame.clone()).is_none());
+        let a_frames = a.outbox().take().await.unwrap().frames;
+        assert_eq!(a_frames.len(), 3);
+        // The same allocation reached every queue.
+        assert_eq!(a_frames[0].as_ptr(), frame.as_ptr());
+        assert_eq!(b.outbox().take().await.unwrap().frames.len(), 3);
+        assert_eq!(pending.outbox().take().await.unwrap().frames.len(), 1);
+        let many: Vec<String> = (0..20)
+            .map(|i| format!("x{i}"))
+            .chain(["b".to_string()])
+            .collect();
+        assert_eq!(hub.broadcast(&frame, &many), 1);
+    }
+
+    #[test]
+    fn finds_stale_authenticated_clients_only() {
+        let hub = Hub::default();
+        let a = authenticated(&hub, "a", None);
+        client(&hub, "idle-unauthorized");
+        a.touch(5000);
+        assert!(hub.stale(5000 + 100, 100).is_empty());
+        assert_eq!(hub.stale(5000 + 101, 100).len(), 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! `NativeServer`: the native half of `WebSocketServerHelper` (lib/server.js is the other).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{within_runtime_if_available, Function, PromiseRaw};
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use super::bridge::{DispatchFn, TsfnBridge};
+use super::to_js_error;
+use crate::config::ServerConfig;
+use crate::error::Error;
+use crate::hub::ClientSnapshot;
+use crate::server::{self, Server};
+
+/// Settings, validated and defaulted by `lib/options.js`. Durations in milliseconds.
+#[napi(object)]
+pub struct NativeServerOptions {
+    pub host: String,
+    pub port: u32,
+    pub path: String,
+    pub default_rooms: Vec<String>,
+    pub auth_timeout: u32,
+    pub heartbeat_interval: u32,
+    pub heartbeat_timeout: u32,
+    pub callback_timeout: u32,
+    pub max_payload_length: u32,
+    pub backpressure_limit: u32,
+    pub close_on_backpressure_limit: bool,
+    pub has_validate_room_fn: bool,
+    pub has_message_handler: bool,
+}
+
+impl From<NativeServerOptions> for ServerConfig {
+    fn from(options: NativeServerOptions) -> Self {
+        let ms = |value: u32| Duration::from_millis(u64::from(value));
+        ServerConfig {
+            host: options.host,
+            port: options.port as u16,
+            path: options.path,
+            default_rooms: options.default_rooms,
+            auth_timeout: ms(options.auth_timeout),
+            heartbeat_interval: ms(options.heartbeat_interval),
+            heartbeat_timeout: ms(options.heartbeat_timeout),
+            callback_timeout: ms(options.callback_timeout),
+            max_payload_length: options.max_payload_length as usize,
+            backpressure_limit: options.backpressure_limit as usize,
+            close_on_backpressure_limit: options.close_on_backpressure_limit,
+            has_validate_room_fn: options.has_validate_room_fn,
+            has_message_handler: options.has_message_handler,
+        }
+    }
+}
+
+/// One client's fields; `lib/server.js` turns it into an `IWebSocketClient`.
+#[napi(object)]
+pub struct ClientInfo {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub state: String,
+    pub rooms: Vec<String>,
+    pub backpressured: bool,
+    pub encrypted: bool,
+    pub connected_at: f64,
+    pub last_activity: f64,
+    pub remote_address: String,
+}
+
+impl From<ClientSnapshot> for ClientInfo {
+    fn from(snapshot: ClientSnapshot) -> Self {
+        ClientInfo {
+            id: snapshot.id,
+            user_id: snapshot.user_id,
+            state: snapshot.state.as_str().to_string(),
+            rooms: snapshot.rooms,
+            backpressured: snapshot.backpressured,
+            encrypted: snapshot.encrypted,
+            connected_at: snapshot.connected_at as f64,
+            last_activity: snapshot.last_activity as f64,
+            remote_address: snapshot.remote_address,
+        }
+    }
+}
+
+#[napi]
+pub struct NativeServer {
+    config: ServerConfig,
+    dispatch: Arc<DispatchFn>,
+    server: Mutex<Option<Arc<Server>>>,
+}
+
+impl NativeServer {
+    fn running(&self) -> Option<Arc<Server>> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn snapshots(&self, pick: impl FnOnce(&Server) -> Vec<ClientSnapshot>) -> Vec<ClientInfo> {
+        self.running()
+            .map(|server| pick(&server).into_iter().map(ClientInfo::from).collect())
+            .unwrap_or_default()
+    }
+
+    fn set_dispatch_ref(&self, env: &Env, referenced: bool) {
+        // napi's own ref/unref wrappers need `&mut`; the bridge shares the function, so call
+        // Node-API directly. Both only flip whether the handle keeps the event loop alive.
+        unsafe {
+            if referenced {
+                napi::sys::napi_ref_threadsafe_function(env.raw(), self.dispatch.raw());
+            } else {
+                napi::sys::napi_unref_threadsafe_function(env.raw(), self.dispatch.raw());
+            }
+        }
+    }
+}
+
+#[napi]
+impl NativeServer {
+    /// `dispatch(batch)` runs a batch of callbacks on the JS thread (see lib/dispatch.js).
+    #[napi(constructor)]
+    pub fn new(options: NativeServerOptions, dispatch: Function<String, String>) -> Result<Self> {
+        let dispatch = dispatch
+            .build_threadsafe_function::<String>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build()?;
+        Ok(NativeServer {
+            config: options.into(),
+            dispatch: Arc::new(dispatch),
+            server: Mutex::new(None),
+        })
+    }
+
+    /// Binds and starts serving; returns the bound port. Throws when the address is taken.
+    #[napi]
+    pub fn listen(&self, env: Env) -> Result<u32> {
+        let mut slot = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(server) = slot.as_ref() {
+            return if server.is_shutting_down() {
+                Err(to_js_error(Error::Closed))
+            } else {
+                Ok(u32::from(server.port()))
+            };
+        }
+        let listener = server::bind(&self.config).map_err(to_js_error)?;
+        let bridge = Arc::new(TsfnBridge {
+            function: self.dispatch.clone(),
+        });
+        let config = self.config.clone();
+        let server = within_runtime_if_available(|| Server::start(config, listener, bridge))
+            .map_err(to_js_error)?;
+        let port = server.port();
+        *slot = Some(Arc::new(server));
+        // While listening the server keeps the process alive, like `net.Server`.
+        self.set_dispatch_ref(&env, true);
+        Ok(u32::from(port))
+    }
+
+    /// Closes every client (1001), runs their disconnect callbacks, stops listening.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn shutdown<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        // Unref synchronously: the returned promise keeps the loop alive until it settles,
+        // and after that nothing of ours does.
+        self.set_dispatch_ref(env, false);
+        let server = self.running();
+        env.spawn_future(async move {
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
+            Ok(())
+        })
+    }
+
+    /// Delivers an outcome that JS produced asynchronously. False when nobody waits for it.
+    #[napi]
+    pub fn settle(&self, token: f64, failed: bool, value: String) -> bool {
+        let Some(server) = self.running() else {
+            return false;
+        };
+        let outcome = if failed {
+            Err(value)
+        } else {
+            serde_json::from_str(&value)
+                .map_err(|error| format!("unreadable callback result: {error}"))
+        };
+        server.settle(token as u64, outcome)
+    }
+
+    /// `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
+    #[napi]
+    pub fn send_to_client(&self, client_id: String, message: String) -> bool {
+        self.running().is_some_and(|server| {
+            server
+                .hub()
+                .send_to_client(&client_id, Server::frame(&message))
+                .is_some()
+        })
+    }
+
+    #[napi]
+    pub fn send_to_user(&self, user_id: String, message: String) -> u32 {
+        self.running().map_or(0, |server| {
+            server
+                .hub()
+                .send_to_user(&user_id, &Server::frame(&message)) as u32
+        })
+    }
+
+    #[napi]
+    pub fn send_to_room(&self, room: String, message: String, exclude: Option<Vec<String>>) -> u32 {
+        self.running().map_or(0, |server| {
+            server.hub().send_to_room(
+                &room,
+                &Server::frame(&message),
+                exclude.as_deref().unwrap_or_default(),
+            ) as u32
+        })
+    }
+
+    #[napi]
+    pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) -> u32 {
+        self.running().map_or(0, |server| {
+            server.hub().broadcast(
+                &Server::frame(&message),
+                exclude.as_deref().unwrap_or_default(),
+            ) as u32
+        })
+    }
+
+    #[napi]
+    pub fn has_client(&self, client_id: String) -> bool {
+        self.running()
+            .is_some_and(|server| server.hub().has_client(&client_id))
+    }
+
+    #[napi]
+    pub fn has_room(&self, room: String) -> bool {
+        self.running()
+            .is_some_and(|server| server.hub().has_room(&room))
+    }
+
+    #[napi]
+    pub fn join_room(&self, client_id: String, room: String) -> bool {
+        self.running()
+            .is_some_and(|server| server.hub().join(&client_id, &room))
+    }
+
+    #[napi]
+    pub fn leave_room(&self, client_id: String, room: String) -> bool {
+        self.running()
+            .is_some_and(|server| server.hub().leave(&client_id, &room))
+    }
+
+    #[napi]
+    pub fn client(&self, client_id: String) -> Option<ClientInfo> {
+        self.running()
+            .and_then(|server| server.hub().snapshot(&client_id))
+            .map(ClientInfo::from)
+    }
+
+    #[napi]
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.snapshots(|server| server.hub().snapshots())
+    }
+
+    #[napi]
+    pub fn clients_by_user(&self, user_id: String) -> Vec<ClientInfo> {
+        self.snapshots(|server| server.hub().snapshots_of_user(&user_id))
+    }
+
+    #[napi]
+    pub fn clients_by_room(&self, room: String) -> Vec<ClientInfo> {
+        self.snapshots(|server| server.hub().snapshots_of_room(&room))
+    }
+
+    /// `socket.send(data)`: bytes queued, -1 queued under backpressure, 0 dropped (Bun's
+    /// convention).
+    #[napi]
+    pub fn socket_send(&self, client_id: String, data: String) -> i64 {
+        self.running()
+            .map_or(0, |server| server.send_text(&client_id, &data))
+    }
+
+    /// `socket.close(code, reason)`: starts the close handshake with a real close frame.
+    #[napi]
+    pub fn socket_close(&self, client_id: String, code: u32, reason: String) -> bool {
+        self.running()
+            .is_some_and(|server| server.close_client(&client_id, code as u16, &reason))
+    }
+}

@@ -1,0 +1,319 @@
+//! The application protocol spoken over a WebSocket: what clients send and the frames the
+//! server itself produces. Pure functions only; routing decisions that need state or JS
+//! callbacks live in `connection.rs`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub const EVENT_AUTHENTICATE: &str = "authenticate";
+pub const EVENT_CONNECTED: &str = "connected";
+pub const EVENT_JOIN: &str = "join";
+pub const EVENT_LEAVE: &str = "leave";
+pub const EVENT_ERROR: &str = "error";
+pub const EVENT_HEARTBEAT: &str = "heartbeat";
+
+/// Room names starting with this prefix are reserved for Redis channels.
+pub const INTERNAL_ROOM_PREFIX: &str = "ws:";
+pub const MAX_ROOM_NAME_LENGTH: usize = 256;
+
+/// Error texts sent to clients in `{ event: 'error', data: { message } }`; they match the
+/// TypeScript helper byte for byte.
+pub const ERR_INVALID_FORMAT: &str = "Invalid message format";
+pub const ERR_NOT_AUTHENTICATED: &str = "Not authenticated";
+pub const ERR_ALREADY_AUTHENTICATED: &str = "Already authenticated";
+pub const ERR_AUTH_FAILED: &str = "Authentication failed";
+pub const ERR_AUTH_ERROR: &str = "Authentication error";
+
+/// A client message, classified. Borrowed from the frame text, so classifying costs one
+/// validating parse and no copies.
+#[derive(Debug, PartialEq)]
+pub enum Inbound<'a> {
+    Heartbeat,
+    /// `data` is the raw JSON of the `data` field, `None` when absent or null.
+    Authenticate {
+        data: Option<&'a str>,
+    },
+    Join(RoomRequest),
+    Leave(RoomRequest),
+    /// Any other event: handed to `messageHandler` with the whole message.
+    Custom {
+        event: Cow<'a, str>,
+    },
+}
+
+/// Rooms named in a `join`/`leave` request, or why the request had the wrong shape.
+#[derive(Debug, PartialEq)]
+pub enum RoomRequest {
+    /// The string entries of `data.rooms`; other entries are dropped here.
+    Rooms(Vec<String>),
+    /// `data` is not an object with a `rooms` array.
+    Malformed,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InboundError {
+    /// Not JSON, not a JSON object, or `event` is neither absent nor a string.
+    InvalidFormat,
+    /// `event` absent, null or empty: logged and dropped, as the TypeScript helper does.
+    MissingEvent,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RoomsPayload {
+    rooms: Vec<serde_json::Value>,
+}
+
+pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, InboundError> {
+    // Duplicate keys would be a serde error; JSON.parse keeps the last one. Both are
+    // "some" interpretation of a malformed message, and we answer with the format error.
+    let envelope: Envelope<'_> =
+        serde_json::from_str(text).map_err(|_| InboundError::InvalidFormat)?;
+    let event: Cow<'_, str> = match envelope.event.map(RawValue::get) {
+        None | Some("null") => return Err(InboundError::MissingEvent),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| InboundError::InvalidFormat)?,
+    };
+    let data = envelope
+        .data
+        .map(RawValue::get)
+        .filter(|raw| *raw != "null");
+    Ok(match event.as_ref() {
+        "" => return Err(InboundError::MissingEvent),
+        EVENT_HEARTBEAT => Inbound::Heartbeat,
+        EVENT_AUTHENTICATE => Inbound::Authenticate { data },
+        EVENT_JOIN => Inbound::Join(parse_rooms(data)),
+        EVENT_LEAVE => Inbound::Leave(parse_rooms(data)),
+        _ => Inbound::Custom { event },
+    })
+}
+
+fn parse_rooms(data: Option<&str>) -> RoomRequest {
+    let Some(raw) = data else {
+        return RoomRequest::Rooms(Vec::new());
+    };
+    match serde_json::from_str::<RoomsPayload>(raw) {
+        Ok(payload) => RoomRequest::Rooms(
+            payload
+                .rooms
+                .into_iter()
+                .filter_map(|room| match room {
+                    serde_json::Value::String(name) => Some(name),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Err(_) => RoomRequest::Malformed,
+    }
+}
+
+/// The join sanitising rule of the specification: non-empty, at most 256 characters (UTF-16
+/// code units, as JavaScript's `length` counts them), not under the internal `ws:` prefix.
+pub fn is_joinable_room_name(room: &str) -> bool {
+    let length = room.encode_utf16().count();
+    length > 0 && length <= MAX_ROOM_NAME_LENGTH && !room.starts_with(INTERNAL_ROOM_PREFIX)
+}
+
+/// `JSON.stringify({ event: 'error', data: { message } })`.
+pub fn error_message(message: &str) -> String {
+    format!(
+        r#"{{"event":"{EVENT_ERROR}","data":{{"message":{}}}}}"#,
+        json_string(message)
+    )
+}
+
+/// `JSON.stringify({ event: 'connected', data: { id, userId, time } })`, with `userId`
+/// omitted when absent, as JSON.stringify omits `undefined`.
+pub fn connected_message(client_id: &str, user_id: Option<&str>, time_ms: u64) -> String {
+    let user = user_id
+        .map(|user| format!(r#","userId":{}"#, json_string(user)))
+        .unwrap_or_default();
+    format!(
+        r#"{{"event":"{EVENT_CONNECTED}","data":{{"id":{}{user},"time":"{}"}}}}"#,
+        json_string(client_id),
+        iso_time(time_ms)
+    )
+}
+
+/// A JSON string literal. serde_json escapes exactly what JSON.stringify escapes for
+/// well-formed Unicode (which is all a Rust `str` can hold).
+pub fn json_string(value: &str) -> String {
+    serde_json::to_string(value).expect("serialising a str cannot fail")
+}
+
+/// `new Date(ms).toISOString()` for dates from 1970 on: `YYYY-MM-DDTHH:MM:SS.sssZ`.
+pub fn iso_time(ms: u64) -> String {
+    let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooms(list: &[&str]) -> RoomRequest {
+        RoomRequest::Rooms(list.iter().map(|room| room.to_string()).collect())
+    }
+
+    #[test]
+    fn classifies_system_and_custom_events() {
+        assert_eq!(
+            parse_inbound(r#"{"event":"heartbeat"}"#),
+            Ok(Inbound::Heartbeat)
+        );
+        assert_eq!(
+            parse_inbound(r#"{"event":"authenticate","data":{"token":"t"}}"#),
+            Ok(Inbound::Authenticate {
+                data: Some(r#"{"token":"t"}"#)
+            })
+        );
+        assert_eq!(
+            parse_inbound(r#"{"event":"authenticate","data":null}"#),
+            Ok(Inbound::Authenticate { data: None })
+        );
+        assert_eq!(
+            parse_inbound(r#"{"event":"chat","data":[1,2],"id":"m1"}"#),
+            Ok(Inbound::Custom {
+                event: Cow::Borrowed("chat")
+            })
+        );
+        // Escaped event names are decoded before matching.
+        assert_eq!(
+            parse_inbound(r#"{"event":"heart\u0062eat"}"#),
+            Ok(Inbound::Heartbeat)
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_message_object() {
+        for text in [
+            "",
+            "not json",
+            "[1,2]",
+            "42",
+            "\"event\"",
+            "null",
+            "{\"event\":",
+        ] {
+            assert_eq!(
+                parse_inbound(text),
+                Err(InboundError::InvalidFormat),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"event":5}"#,
+            r#"{"event":{"a":1}}"#,
+            r#"{"event":true}"#,
+        ] {
+            assert_eq!(
+                parse_inbound(text),
+                Err(InboundError::InvalidFormat),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{}"#,
+            r#"{"event":null}"#,
+            r#"{"event":""}"#,
+            r#"{"data":1}"#,
+        ] {
+            assert_eq!(
+                parse_inbound(text),
+                Err(InboundError::MissingEvent),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_room_requests_leniently_but_safely() {
+        assert_eq!(
+            parse_inbound(r#"{"event":"join","data":{"rooms":["a",1,null,"b"]}}"#),
+            Ok(Inbound::Join(rooms(&["a", "b"])))
+        );
+        assert_eq!(
+            parse_inbound(r#"{"event":"leave"}"#),
+            Ok(Inbound::Leave(rooms(&[])))
+        );
+        for data in [
+            r#""abc""#,
+            r#"{"rooms":"abc"}"#,
+            r#"[1]"#,
+            r#"{"rooms":{}}"#,
+        ] {
+            let text = format!(r#"{{"event":"join","data":{data}}}"#);
+            assert_eq!(
+                parse_inbound(&text),
+                Ok(Inbound::Join(RoomRequest::Malformed)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn sanitises_room_names_like_the_specification() {
+        assert!(is_joinable_room_name("lobby"));
+        assert!(!is_joinable_room_name(""));
+        assert!(!is_joinable_room_name("ws:room:x"));
+        assert!(is_joinable_room_name("wsx"));
+        assert!(is_joinable_room_name(&"a".repeat(256)));
+        assert!(!is_joinable_room_name(&"a".repeat(257)));
+        // 128 astral characters are 256 UTF-16 units: still allowed; one more is not.
+        assert!(is_joinable_room_name(&"😀".repeat(128)));
+        assert!(!is_joinable_room_name(&"😀".repeat(129)));
+    }
+
+    #[test]
+    fn builds_frames_identical_to_json_stringify() {
+        assert_eq!(
+            error_message("Not authenticated"),
+            r#"{"event":"error","data":{"message":"Not authenticated"}}"#
+        );
+        assert_eq!(
+            connected_message("c1", Some("u\"1"), 0),
+            r#"{"event":"connected","data":{"id":"c1","userId":"u\"1","time":"1970-01-01T00:00:00.000Z"}}"#
+        );
+        assert_eq!(
+            connected_message("c1", None, 1_700_000_000_123),
+            r#"{"event":"connected","data":{"id":"c1","time":"2023-11-14T22:13:20.123Z"}}"#
+        );
+        assert_eq!(json_string("a\u{1}\n\u{2028}"), "\"a\\u0001\\n\u{2028}\"");
+    }
+
+    #[test]
+    fn formats_iso_time_across_leap_years() {
+        assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso_time(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(iso_time(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
+    }
+}

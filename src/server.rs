@@ -1,0 +1,240 @@
+//! The listener, the heartbeat sweep, shutdown, and the operations the JS API exposes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{ServerConfig, CLOSE_GRACE};
+use crate::connection;
+use crate::dispatch::{Dispatcher, JsBridge, LogLevel, Outcome};
+use crate::error::Error;
+use crate::frame::{close_code, text_frame};
+use crate::hub::Hub;
+use crate::outbox::Push;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// State shared by the listener, every connection and the JS-facing API.
+pub(crate) struct Core {
+    pub config: ServerConfig,
+    pub hub: Hub,
+    pub dispatcher: Arc<Dispatcher>,
+    shutting_down: AtomicBool,
+    stop: watch::Sender<bool>,
+    /// Each connection task holds a clone; shutdown drops the original and waits until the
+    /// channel reports every clone gone.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl Core {
+    pub fn log(&self, level: LogLevel, text: String) {
+        self.dispatcher.log(level, &text);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+pub struct Server {
+    core: Arc<Core>,
+    all_gone: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    port: u16,
+}
+
+/// Binds synchronously, so a taken port is reported by the call that asked for it.
+pub fn bind(config: &ServerConfig) -> Result<std::net::TcpListener, Error> {
+    let address = format!("{}:{}", config.host, config.port);
+    let listener = std::net::TcpListener::bind(&address).map_err(|source| Error::Bind {
+        address: address.clone(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Bind { address, source })?;
+    Ok(listener)
+}
+
+impl Server {
+    /// Starts serving on `listener`. Must run inside a tokio runtime.
+    pub fn start(
+        config: ServerConfig,
+        listener: std::net::TcpListener,
+        bridge: Arc<dyn JsBridge>,
+    ) -> Result<Server, Error> {
+        let address = listener
+            .local_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        let port = listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or(0);
+        let listener =
+            TcpListener::from_std(listener).map_err(|source| Error::Bind { address, source })?;
+        let (stop, _) = watch::channel(false);
+        let (alive, all_gone) = mpsc::channel(1);
+        let core = Arc::new(Core {
+            config,
+            hub: Hub::default(),
+            dispatcher: Dispatcher::start(bridge),
+            shutting_down: AtomicBool::new(false),
+            stop,
+            alive: Mutex::new(Some(alive)),
+        });
+        let tasks = vec![
+            tokio::spawn(accept_loop(core.clone(), listener)),
+            tokio::spawn(heartbeat_loop(core.clone())),
+        ];
+        Ok(Server {
+            core,
+            all_gone: tokio::sync::Mutex::new(Some(all_gone)),
+            tasks: Mutex::new(tasks),
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.core.hub
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.core.config
+    }
+
+    pub fn log(&self, level: LogLevel, text: String) {
+        self.core.log(level, text);
+    }
+
+    pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
+        self.core.dispatcher.settle(token, outcome)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.core.is_shutting_down()
+    }
+
+    /// `socket.send(data)` of one client: a text frame, Bun's return convention.
+    pub fn send_text(&self, client_id: &str, text: &str) -> i64 {
+        self.core
+            .hub
+            .send_to_client(client_id, text_frame(text))
+            .unwrap_or(Push::Closed)
+            .as_bun_send_result()
+    }
+
+    pub fn frame(text: &str) -> Bytes {
+        text_frame(text)
+    }
+
+    /// `socket.close(code, reason)` of one client.
+    pub fn close_client(&self, client_id: &str, code: u16, reason: &str) -> bool {
+        self.core
+            .hub
+            .handle(client_id)
+            .is_some_and(|handle| handle.close(code, reason))
+    }
+
+    /// Closes every client with 1001, waits for their connections to end (each runs its
+    /// disconnect path), stops the listener and the heartbeat, and waits until JS has
+    /// received every queued callback. A second call returns at once.
+    pub async fn shutdown(&self) {
+        if self.core.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.core.stop.send(true);
+        for handle in self.core.hub.all_handles() {
+            handle.close(close_code::GOING_AWAY, "Server shutting down");
+        }
+        drop(
+            self.core
+                .alive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        if let Some(mut all_gone) = self.all_gone.lock().await.take() {
+            // Connections end within the close grace; the margin covers a stuck writer.
+            let _ = tokio::time::timeout(CLOSE_GRACE * 3, all_gone.recv()).await;
+        }
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.core.hub.clear();
+        self.core.dispatcher.flush().await;
+    }
+}
+
+async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
+    let mut stop = core.stop.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Some(alive) = core.alive.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                else {
+                    return;
+                };
+                let core = core.clone();
+                tokio::spawn(async move {
+                    connection::run(core, stream, peer).await;
+                    drop(alive);
+                });
+            }
+            Err(error) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                core.log(LogLevel::Error, format!("Accept failed | error: {error}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(core: Arc<Core>) {
+    let mut stop = core.stop.subscribe();
+    let period = core.config.heartbeat_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout_ms = core.config.heartbeat_timeout.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for handle in core.hub.stale(now_ms(), timeout_ms) {
+            core.log(
+                LogLevel::Warn,
+                format!(
+                    "Heartbeat timeout | id: {} | lastActivity: {}",
+                    handle.id,
+                    crate::protocol::iso_time(handle.last_activity())
+                ),
+            );
+            handle.close(close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
+        }
+    }
+}
