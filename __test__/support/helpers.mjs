@@ -1,0 +1,232 @@
+// Real servers and real clients for the suite: every helper here talks over sockets.
+import net from 'node:net';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+export const pkg = require('../../index.js');
+export const WebSocket = require('ws');
+
+export const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+
+/** A logger that keeps every line, so tests can check what the log says. */
+export function captureLogger() {
+  const lines = [];
+  const logger = {};
+  for (const level of ['debug', 'info', 'warn', 'error']) {
+    logger[level] = text => lines.push({ level, text });
+  }
+  logger.lines = lines;
+  logger.has = (level, fragment) => lines.some(line => line.level === level && line.text.includes(fragment));
+  logger.waitFor = (level, fragment, timeoutMs = 3000) =>
+    waitUntil(() => logger.has(level, fragment), timeoutMs, `log ${level}: ${fragment}`);
+  return logger;
+}
+
+export async function waitUntil(predicate, timeoutMs = 3000, what = 'condition') {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await predicate()) {
+      return;
+    }
+    await sleep(10);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Starts a standalone helper on a free port; options override the defaults. */
+export async function startServer(options = {}) {
+  const logger = options.logger ?? captureLogger();
+  const helper = new pkg.WebSocketServerHelper({
+    identifier: 'test',
+    redisConnection: pkg.STANDALONE,
+    host: '127.0.0.1',
+    port: 0,
+    authenticateFn: data => (data?.token ? { userId: data.userId ?? data.token, metadata: data.metadata } : null),
+    ...options,
+    logger,
+  });
+  await helper.configure();
+  helper.url = `ws://127.0.0.1:${helper.getPort()}${helper.getPath()}`;
+  helper.log = logger;
+  return helper;
+}
+
+/** A `ws` client with a message queue and promise-based waits. */
+export class TestClient {
+  static async open(url, options) {
+    const client = new TestClient(url, options);
+    await client.opened;
+    return client;
+  }
+
+  constructor(url, options) {
+    this.ws = new WebSocket(url, options);
+    this.received = [];
+    this.waiters = [];
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', resolve);
+      this.ws.once('error', reject);
+    });
+    this.closed = new Promise(resolve => {
+      this.ws.once('close', (code, reason) => resolve({ code, reason: reason?.toString() ?? '' }));
+    });
+    this.ws.on('error', () => {});
+    this.ws.on('message', data => {
+      const text = data.toString();
+      let message;
+      try {
+        message = JSON.parse(text);
+      } catch {
+        message = { raw: text };
+      }
+      this.received.push(message);
+      this.waiters = this.waiters.filter(waiter => !waiter(message));
+    });
+  }
+
+  send(message) {
+    this.ws.send(typeof message === 'string' ? message : JSON.stringify(message));
+  }
+
+  /** Resolves with the first message (already received or future) matching `predicate`. */
+  next(predicate = () => true, timeoutMs = 3000) {
+    const test = typeof predicate === 'string' ? message => message.event === predicate : predicate;
+    const index = this.received.findIndex(test);
+    if (index >= 0) {
+      return Promise.resolve(this.received.splice(index, 1)[0]);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no matching message within ${timeoutMs} ms`)), timeoutMs);
+      this.waiters.push(message => {
+        if (!test(message)) {
+          return false;
+        }
+        clearTimeout(timer);
+        this.received.splice(this.received.indexOf(message), 1);
+        resolve(message);
+        return true;
+      });
+    });
+  }
+
+  /** Resolves true if no matching message arrives within `ms`. */
+  async nothing(predicate = () => true, ms = 200) {
+    try {
+      await this.next(predicate, ms);
+      return false;
+    } catch {
+      return true;
+    }
+  }
+
+  async authenticate(data = { token: 't' }) {
+    this.send({ event: 'authenticate', data });
+    const connected = await this.next('connected');
+    this.id = connected.data.id;
+    return connected;
+  }
+
+  close(code, reason) {
+    this.ws.close(code, reason);
+    return this.closed;
+  }
+
+  waitClosed(timeoutMs = 3000) {
+    return Promise.race([
+      this.closed,
+      sleep(timeoutMs).then(() => {
+        throw new Error(`socket not closed within ${timeoutMs} ms`);
+      }),
+    ]);
+  }
+}
+
+export async function authenticatedClient(server, data = { token: 't' }) {
+  const client = await TestClient.open(server.url);
+  await client.authenticate(data);
+  return client;
+}
+
+/** Raw TCP: sends bytes, collects everything until the server closes or `ms` passes. */
+export function rawExchange(port, bytes, ms = 1500) {
+  return new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks = [];
+    let done = false;
+    const finish = ended => {
+      if (!done) {
+        done = true;
+        socket.destroy();
+        resolve({ data: Buffer.concat(chunks), ended });
+      }
+    };
+    socket.on('data', chunk => chunks.push(chunk));
+    socket.on('end', () => finish(true));
+    socket.on('close', () => finish(true));
+    socket.on('error', () => finish(true));
+    socket.on('connect', () => socket.write(bytes));
+    setTimeout(() => finish(false), ms);
+  });
+}
+
+export function upgradeRequest(path = '/ws', extraHeaders = '') {
+  return (
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`
+  );
+}
+
+/** A masked client frame. */
+export function clientFrame(firstByte, payload, { masked = true, lengthOverride } = {}) {
+  const body = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
+  const length = lengthOverride ?? body.length;
+  const header = [firstByte];
+  const maskBit = masked ? 0x80 : 0;
+  if (length < 126) {
+    header.push(maskBit | length);
+  } else if (length <= 0xffff) {
+    header.push(maskBit | 126, length >> 8, length & 0xff);
+  } else {
+    header.push(maskBit | 127, 0, 0, 0, 0);
+    header.push((length >>> 24) & 0xff, (length >>> 16) & 0xff, (length >>> 8) & 0xff, length & 0xff);
+  }
+  if (!masked) {
+    return Buffer.concat([Buffer.from(header), body]);
+  }
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const out = Buffer.from(body);
+  for (let i = 0; i < out.length; i++) {
+    out[i] ^= mask[i % 4];
+  }
+  return Buffer.concat([Buffer.from(header), mask, out]);
+}
+
+/** Parses the server's frames out of raw bytes (after the 101 response). */
+export function parseServerFrames(buffer) {
+  const frames = [];
+  let offset = 0;
+  while (offset + 2 <= buffer.length) {
+    const opcode = buffer[offset] & 0x0f;
+    let length = buffer[offset + 1] & 0x7f;
+    let start = offset + 2;
+    if (length === 126) {
+      length = buffer.readUInt16BE(offset + 2);
+      start += 2;
+    } else if (length === 127) {
+      length = Number(buffer.readBigUInt64BE(offset + 2));
+      start += 8;
+    }
+    if (start + length > buffer.length) {
+      break;
+    }
+    const payload = buffer.subarray(start, start + length);
+    frames.push({ opcode, payload, code: opcode === 8 && length >= 2 ? payload.readUInt16BE(0) : undefined });
+    offset = start + length;
+  }
+  return frames;
+}
+
+export function afterHandshake(data) {
+  const end = data.indexOf('\r\n\r\n');
+  return end < 0 ? Buffer.alloc(0) : data.subarray(end + 4);
+}
