@@ -1,0 +1,141 @@
+import { after, assert, before, describe, it } from './support/framework.mjs';
+import { TestClient, authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+
+describe('local delivery and accessors', () => {
+  let server;
+  let alice1;
+  let alice2;
+  let bob;
+  let pending;
+  before(async () => {
+    server = await startServer({ validateRoomFn: ({ rooms }) => rooms });
+    alice1 = await authenticatedClient(server, { token: 't', userId: 'alice' });
+    alice2 = await authenticatedClient(server, { token: 't', userId: 'alice' });
+    bob = await authenticatedClient(server, { token: 't', userId: 'bob' });
+    pending = await TestClient.open(server.url);
+    bob.send({ event: 'join', data: { rooms: ['lobby'] } });
+    alice1.send({ event: 'join', data: { rooms: ['lobby'] } });
+    await waitUntil(() => server.getClientsByRoom({ room: 'lobby' }).length === 2);
+  });
+  after(async () => {
+    await server.shutdown();
+  });
+
+  const everyone = () => [alice1, alice2, bob, pending];
+
+  it('sendToClient delivers JSON.stringify({ event, data }) to one client, even unauthenticated', async () => {
+    server.sendToClient({ clientId: bob.id, event: 'direct', data: { n: 1, s: 'é"\n' } });
+    assert.deepEqual(await bob.next('direct'), { event: 'direct', data: { n: 1, s: 'é"\n' } });
+    const pendingId = [...server.getClients().values()].find(c => c.state === 'unauthorized').id;
+    server.sendToClient({ clientId: pendingId, event: 'early', data: null });
+    assert.deepEqual(await pending.next('early'), { event: 'early', data: null });
+    server.sendToClient({ clientId: bob.id, event: 'no-data' });
+    assert.deepEqual(await bob.next('no-data'), { event: 'no-data' });
+    server.sendToClient({ clientId: 'unknown', event: 'x', data: 1 });
+    for (const client of everyone()) {
+      assert.ok(await client.nothing(m => m.event === 'x', 50));
+    }
+  });
+
+  it('sendToUser reaches every session of the user', async () => {
+    server.sendToUser({ userId: 'alice', event: 'for-alice', data: 2 });
+    assert.equal((await alice1.next('for-alice')).data, 2);
+    assert.equal((await alice2.next('for-alice')).data, 2);
+    assert.ok(await bob.nothing(m => m.event === 'for-alice', 100));
+  });
+
+  it('sendToRoom reaches the room, minus exclude', async () => {
+    server.sendToRoom({ room: 'lobby', event: 'room', data: 1 });
+    assert.equal((await alice1.next('room')).data, 1);
+    assert.equal((await bob.next('room')).data, 1);
+    server.sendToRoom({ room: 'lobby', event: 'room-ex', data: 2, exclude: [bob.id] });
+    assert.equal((await alice1.next('room-ex')).data, 2);
+    assert.ok(await bob.nothing(m => m.event === 'room-ex', 100));
+    assert.ok(await alice2.nothing(m => m.event.startsWith('room'), 50));
+  });
+
+  it('broadcast reaches authenticated clients only, minus exclude', async () => {
+    server.broadcast({ event: 'all', data: 'x' });
+    for (const client of [alice1, alice2, bob]) {
+      assert.equal((await client.next('all')).data, 'x');
+    }
+    assert.ok(await pending.nothing(m => m.event === 'all', 100));
+    server.broadcast({ event: 'all-ex', data: 'y', exclude: [alice1.id, alice2.id] });
+    assert.equal((await bob.next('all-ex')).data, 'y');
+    assert.ok(await alice1.nothing(m => m.event === 'all-ex', 100));
+  });
+
+  it('send() routes by destination: omitted, local client, local room; cb runs asynchronously', async () => {
+    let called = false;
+    server.send({ payload: { topic: 'everyone', data: 1 }, cb: () => (called = true) });
+    assert.equal(called, false, 'cb is deferred with setTimeout(cb, 0)');
+    for (const client of [alice1, alice2, bob]) {
+      assert.equal((await client.next('everyone')).data, 1);
+    }
+    await waitUntil(() => called);
+    server.send({ destination: bob.id, payload: { topic: 'to-bob', data: 2 }, doLog: true });
+    assert.equal((await bob.next('to-bob')).data, 2);
+    assert.ok(server.log.has('info', 'Message emitted | destination: ' + bob.id));
+    server.send({ destination: 'lobby', payload: { topic: 'to-lobby', data: 3 } });
+    assert.equal((await alice1.next('to-lobby')).data, 3);
+    assert.equal((await bob.next('to-lobby')).data, 3);
+    server.send({ destination: 'nowhere', payload: { topic: 'lost', data: 4 } });
+    assert.ok(await bob.nothing(m => m.event === 'lost', 50));
+  });
+
+  it('send() is a silent no-op without payload, topic or data', async () => {
+    let called = false;
+    server.send({});
+    server.send({ payload: null, cb: () => (called = true) });
+    server.send({ payload: { data: 1 } });
+    server.send({ payload: { topic: 'undefined-data', data: undefined } });
+    await sleep(20);
+    assert.equal(called, false);
+    assert.ok(await bob.nothing(m => m.event === 'undefined-data', 50));
+  });
+
+  it('getClients() returns a Map of IWebSocketClient; { id } returns one or undefined', async () => {
+    const clients = server.getClients();
+    assert.ok(clients instanceof Map);
+    assert.equal(clients.size, 4);
+    const entry = clients.get(bob.id);
+    assert.deepEqual(Object.keys(entry).sort(), [
+      'backpressured',
+      'connectedAt',
+      'encrypted',
+      'id',
+      'lastActivity',
+      'metadata',
+      'rooms',
+      'salt',
+      'serverPublicKey',
+      'socket',
+      'state',
+      'userId',
+    ]);
+    assert.equal(entry.id, bob.id);
+    assert.equal(entry.userId, 'bob');
+    assert.ok(entry.rooms instanceof Set);
+    assert.equal(entry.backpressured, false);
+    assert.equal(entry.encrypted, false);
+    assert.ok(entry.connectedAt <= entry.lastActivity && entry.lastActivity <= Date.now());
+    assert.ok(Date.now() - entry.connectedAt < 60_000, 'timestamps are in milliseconds');
+    assert.match(entry.socket.remoteAddress, /^127\.0\.0\.1:\d+$/);
+    assert.equal(server.getClients({ id: 'missing' }), undefined);
+    assert.deepEqual(server.getClientsByUser({ userId: 'alice' }).map(c => c.id).sort(), [alice1.id, alice2.id].sort());
+    assert.deepEqual(server.getClientsByUser({ userId: 'nobody' }), []);
+    assert.deepEqual(server.getClientsByRoom({ room: 'nothing' }), []);
+  });
+
+  it('a client socket sends and closes on the real connection', async () => {
+    const extra = await authenticatedClient(server);
+    const { socket } = server.getClients({ id: extra.id });
+    assert.equal(socket.readyState, 1);
+    assert.ok(socket.send('{"event":"raw","data":true}') > 0);
+    assert.deepEqual(await extra.next('raw'), { event: 'raw', data: true });
+    socket.close(4100, 'bye now');
+    assert.deepEqual(await extra.waitClosed(), { code: 4100, reason: 'bye now' });
+    await waitUntil(() => socket.readyState === 3);
+    assert.equal(socket.send('late'), 0);
+  });
+});

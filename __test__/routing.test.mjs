@@ -1,0 +1,155 @@
+import { after, assert, describe, it } from './support/framework.mjs';
+import { authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+
+describe('message routing', () => {
+  const servers = [];
+  const start = async options => {
+    const server = await startServer(options);
+    servers.push(server);
+    return server;
+  };
+  after(async () => {
+    await Promise.all(servers.map(server => server.shutdown()));
+  });
+
+  it("answers 'Invalid message format' to what is not a message object, and keeps the connection", async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message) });
+    const client = await authenticatedClient(server);
+    for (const text of ['not json', '{"event":', '[1,2]', '42', '"text"', 'null', '{"event":5}', '{"event":{}}']) {
+      client.send(text);
+      const error = await client.next('error');
+      assert.deepEqual(error.data, { message: 'Invalid message format' }, text);
+    }
+    client.send({ event: 'still-here', data: 1 });
+    await waitUntil(() => handled.length === 1);
+    assert.deepEqual(handled[0], { event: 'still-here', data: 1 });
+    client.close();
+  });
+
+  it('drops and logs messages without an event', async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message) });
+    const client = await authenticatedClient(server);
+    client.send({ data: 'no event' });
+    client.send({ event: '' });
+    await server.log.waitFor('error', 'Missing event');
+    assert.ok(await client.nothing());
+    assert.equal(handled.length, 0);
+    client.close();
+  });
+
+  it('consumes heartbeats and refreshes lastActivity on every message', async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message.event) });
+    const client = await authenticatedClient(server);
+    const first = server.getClients({ id: client.id }).lastActivity;
+    await sleep(30);
+    client.send({ event: 'heartbeat' });
+    await waitUntil(() => server.getClients({ id: client.id }).lastActivity > first);
+    assert.ok(await client.nothing());
+    assert.deepEqual(handled, []);
+    client.close();
+  });
+
+  it('gives messageHandler { clientId, userId, message } with the whole parsed message', async () => {
+    let received;
+    const server = await start({ messageHandler: opts => void (received = opts) });
+    const client = await authenticatedClient(server, { token: 't', userId: 'alice' });
+    client.send({ event: 'chat', data: { text: 'hi', n: [1, 2] }, id: 'm-1', extra: true });
+    await waitUntil(() => received);
+    assert.deepEqual(received, {
+      clientId: client.id,
+      userId: 'alice',
+      message: { event: 'chat', data: { text: 'hi', n: [1, 2] }, id: 'm-1', extra: true },
+    });
+    client.close();
+  });
+
+  it('handles the messages of one connection in arrival order, even with async handlers', async () => {
+    const order = [];
+    const server = await start({
+      messageHandler: async ({ message }) => {
+        // Earlier messages take longer: a handler-per-message design would reorder them.
+        await sleep(40 - message.data * 4);
+        order.push(message.data);
+      },
+    });
+    const client = await authenticatedClient(server);
+    for (let i = 0; i < 10; i++) {
+      client.send({ event: 'seq', data: i });
+    }
+    await waitUntil(() => order.length === 10, 5000);
+    assert.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    client.close();
+  });
+
+  it('logs a messageHandler that throws or rejects, and the connection keeps working', async () => {
+    const server = await start({
+      messageHandler: ({ clientId, message }) => {
+        if (message.event === 'throw') {
+          throw new Error('handler exploded');
+        }
+        if (message.event === 'reject') {
+          return Promise.reject(new Error('handler rejected'));
+        }
+        server.sendToClient({ clientId, event: 'ok', data: message.data });
+      },
+    });
+    const client = await authenticatedClient(server);
+    const other = await authenticatedClient(server);
+    client.send({ event: 'throw' });
+    client.send({ event: 'reject' });
+    client.send({ event: 'work', data: 7 });
+    assert.equal((await client.next('ok')).data, 7);
+    assert.ok(server.log.has('error', 'handler exploded'));
+    assert.ok(server.log.has('error', 'handler rejected'));
+    other.send({ event: 'work', data: 8 });
+    assert.equal((await other.next('ok')).data, 8);
+    client.close();
+    other.close();
+  });
+
+  it('bounds a messageHandler that never settles by callbackTimeout, then handles the next message', async () => {
+    const server = await start({
+      callbackTimeout: 150,
+      messageHandler: ({ clientId, message }) => {
+        if (message.event === 'hang') {
+          return new Promise(() => {});
+        }
+        server.sendToClient({ clientId, event: 'ok', data: null });
+      },
+    });
+    const client = await authenticatedClient(server);
+    const started = Date.now();
+    client.send({ event: 'hang' });
+    client.send({ event: 'after' });
+    await client.next('ok');
+    assert.ok(Date.now() - started >= 120, 'the next message waited for the timeout');
+    assert.ok(server.log.has('warn', 'messageHandler did not settle in time'));
+    client.close();
+  });
+
+  it('reads binary frames as UTF-8 JSON, and answers invalid UTF-8 with Invalid message format', async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message) });
+    const client = await authenticatedClient(server);
+    client.ws.send(Buffer.from(JSON.stringify({ event: 'bin', data: 'é' })), { binary: true });
+    await waitUntil(() => handled.length === 1);
+    assert.deepEqual(handled[0], { event: 'bin', data: 'é' });
+    client.ws.send(Buffer.from([0xff, 0xfe, 0x7b]), { binary: true });
+    const error = await client.next('error');
+    assert.deepEqual(error.data, { message: 'Invalid message format' });
+    client.close();
+  });
+
+  it('does not call anything for custom events when no messageHandler is configured', async () => {
+    const server = await start();
+    const client = await authenticatedClient(server);
+    client.send({ event: 'chat' });
+    assert.ok(await client.nothing());
+    client.send({ event: 'heartbeat' });
+    assert.equal(server.getClients({ id: client.id }).state, 'authenticated');
+    client.close();
+  });
+});
