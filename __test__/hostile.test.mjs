@@ -1,0 +1,148 @@
+import net from 'node:net';
+
+import { after, assert, before, describe, it } from './support/framework.mjs';
+import {
+  afterHandshake,
+  authenticatedClient,
+  clientFrame,
+  parseServerFrames,
+  rawExchange,
+  startServer,
+  upgradeRequest,
+} from './support/helpers.mjs';
+
+describe('hostile input', () => {
+  let server;
+  let bystander;
+  before(async () => {
+    server = await startServer({
+      serverOptions: { maxPayloadLength: 1024 },
+      messageHandler: ({ clientId, message }) => server.sendToClient({ clientId, event: 'echo', data: message.data }),
+    });
+    bystander = await authenticatedClient(server);
+  });
+  after(async () => {
+    await server.shutdown();
+  });
+
+  /** After each attack: the process is up and an existing client still gets answers. */
+  async function bystanderStillServed() {
+    const token = Math.random();
+    bystander.send({ event: 'check', data: token });
+    assert.equal((await bystander.next('echo')).data, token);
+  }
+
+  /** Upgrades a raw socket, sends `frames`, returns the server's frames and whether it closed. */
+  async function attack(...frames) {
+    const { data, ended } = await rawExchange(server.getPort(), Buffer.concat([Buffer.from(upgradeRequest()), ...frames]));
+    assert.match(data.toString('latin1'), /^HTTP\/1\.1 101 /);
+    return { frames: parseServerFrames(afterHandshake(data)), ended };
+  }
+
+  const closeCodeOf = result => result.frames.find(frame => frame.opcode === 8)?.code;
+  const text = (object) => clientFrame(0x81, JSON.stringify(object));
+
+  it('closes with 1009 on a frame larger than maxPayloadLength, before reading it', async () => {
+    const result = await attack(clientFrame(0x81, 'x'.repeat(1025)));
+    assert.equal(closeCodeOf(result), 1009);
+    assert.ok(result.ended);
+    await server.log.waitFor('warn', 'code: 1009');
+    await bystanderStillServed();
+  });
+
+  it('closes with 1009 when fragments add up to more than maxPayloadLength', async () => {
+    const result = await attack(clientFrame(0x01, 'x'.repeat(600)), clientFrame(0x80, 'x'.repeat(600)));
+    assert.equal(closeCodeOf(result), 1009);
+    await bystanderStillServed();
+  });
+
+  it('closes with 1009 on a declared 2^40-byte frame without waiting for it', async () => {
+    const header = Buffer.from([0x82, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+    const result = await attack(header);
+    assert.equal(closeCodeOf(result), 1009);
+    await bystanderStillServed();
+  });
+
+  it('closes with 1002 on unmasked frames, reserved opcodes, RSV bits and bad control frames', async () => {
+    for (const frame of [
+      clientFrame(0x81, 'hi', { masked: false }),
+      clientFrame(0x83, 'x'),
+      clientFrame(0xc1, 'x'),
+      clientFrame(0x89, 'x'.repeat(126)),
+      clientFrame(0x09, 'x'),
+      clientFrame(0x80, 'orphan continuation'),
+    ]) {
+      const result = await attack(frame);
+      assert.equal(closeCodeOf(result), 1002, frame.subarray(0, 2).toString('hex'));
+    }
+    await bystanderStillServed();
+  });
+
+  it('closes with 1007 on invalid UTF-8 in a text frame', async () => {
+    const result = await attack(clientFrame(0x81, Buffer.from([0x7b, 0xff, 0xfe, 0x7d])));
+    assert.equal(closeCodeOf(result), 1007);
+    await bystanderStillServed();
+  });
+
+  it('answers pings with pongs and echoes the close code of a client close', async () => {
+    const result = await attack(clientFrame(0x89, 'abc'), clientFrame(0x88, Buffer.from([0x0f, 0xa0])));
+    const pong = result.frames.find(frame => frame.opcode === 0xa);
+    assert.equal(pong.payload.toString(), 'abc');
+    assert.equal(closeCodeOf(result), 4000);
+    await bystanderStillServed();
+  });
+
+  it('handles frames pipelined right behind the upgrade request', async () => {
+    const result = await attack(text({ event: 'authenticate', data: { token: 't' } }), text({ event: 'echo-me', data: 5 }));
+    const messages = result.frames.filter(frame => frame.opcode === 1).map(frame => JSON.parse(frame.payload));
+    assert.equal(messages[0].event, 'connected');
+    assert.deepEqual(messages[1], { event: 'echo', data: 5 });
+  });
+
+  it('survives garbage, truncated handshakes and abrupt disconnects mid-frame', async () => {
+    const garbage = await rawExchange(server.getPort(), Buffer.from([0, 1, 2, 3, 0xff, 13, 10, 13, 10]));
+    assert.match(garbage.data.toString(), /^HTTP\/1\.1 400 /);
+    await new Promise(resolve => {
+      const socket = net.connect(server.getPort(), '127.0.0.1', () => {
+        socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nUpg');
+        setTimeout(() => {
+          socket.destroy();
+          resolve();
+        }, 50);
+      });
+    });
+    await new Promise(resolve => {
+      const socket = net.connect(server.getPort(), '127.0.0.1', () => {
+        socket.write(Buffer.concat([Buffer.from(upgradeRequest()), clientFrame(0x81, 'x'.repeat(500)).subarray(0, 100)]));
+        setTimeout(() => {
+          socket.destroy();
+          resolve();
+        }, 50);
+      });
+    });
+    await bystanderStillServed();
+  });
+
+  it('keeps the connection through hostile message shapes', async () => {
+    const client = await authenticatedClient(server);
+    const inputs = [
+      '{"event":"join","data":"not-an-object"}',
+      '{"event":"join","data":{"rooms":[{"nested":true},"ws:internal"]}}',
+      '{"event":"leave","data":{"rooms":null}}',
+      '{"__proto__":{"polluted":true},"event":"x"}',
+      `{"event":"${'e'.repeat(900)}"}`,
+      '{"event":"deep","data":' + '['.repeat(200) + ']'.repeat(200) + '}',
+    ];
+    for (const input of inputs) {
+      client.send(input);
+    }
+    client.send({ event: 'alive', data: 1 });
+    const echoes = [];
+    while (echoes.length === 0 || echoes.at(-1).data !== 1) {
+      echoes.push(await client.next('echo'));
+    }
+    assert.equal({}.polluted, undefined);
+    await bystanderStillServed();
+    client.close();
+  });
+});
