@@ -45,7 +45,7 @@ describe('package exports', () => {
     assert.equal(WebSocketChannels.forClientPattern(), 'ws:client:*');
     assert.equal(WebSocketChannels.forUserPattern(), 'ws:user:*');
     assert.deepEqual(
-      { ...Object.fromEntries(Object.entries(WebSocketDefaults)) },
+      Object.fromEntries(Object.entries(WebSocketDefaults)),
       {
         PATH: '/ws',
         ROOM: 'ws-default',

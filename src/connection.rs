@@ -561,18 +561,19 @@ impl Session {
             rooms: &sanitized,
         });
         let deadline = self.callback_deadline();
-        let allowed =
-            match self.wait_for(&mut call, deadline, "validateRoomFn").await {
-                None => return,
-                Some(Err(error)) => return self.core.log(
+        let allowed = match self.wait_for(&mut call, deadline, "validateRoomFn").await {
+            None => return,
+            Some(Err(error)) => {
+                return self.core.log(
                     LogLevel::Error,
                     format!(
                         "Failed to join rooms | id: {id} | rooms: {rooms_json} | error: {error}"
                     ),
-                ),
-                Some(Ok(Value::Array(allowed))) => allowed,
-                Some(Ok(_)) => Vec::new(),
-            };
+                )
+            }
+            Some(Ok(Value::Array(allowed))) => allowed,
+            Some(Ok(_)) => Vec::new(),
+        };
         // Only rooms that were requested and passed sanitising: a validateRoomFn returning
         // something else cannot put the client into an internal or unrequested room.
         let joined: Vec<&String> = sanitized

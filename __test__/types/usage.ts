@@ -1,0 +1,46 @@
+// Compiled with `tsc --noEmit` by `npm run lint`: the spec's typed usage must type-check.
+import {
+  type IWebSocketClient,
+  type IWebSocketServerOptions,
+  type TWebSocketAuthenticateFn,
+  WebSocketChannels,
+  WebSocketServerHelper,
+} from '../../index';
+
+interface AuthPayload extends Record<string, unknown> {
+  type: string;
+  token: string;
+}
+interface UserMetadata extends Record<string, unknown> {
+  role: string;
+  permissions: string[];
+}
+
+const authenticateFn: TWebSocketAuthenticateFn<AuthPayload, UserMetadata> = async data => {
+  if (!data.token) {
+    return null;
+  }
+  return { userId: 'u', metadata: { role: 'admin', permissions: [] } };
+};
+
+const options: IWebSocketServerOptions<AuthPayload, UserMetadata> = {
+  identifier: 'typed-ws',
+  redisConnection: 'standalone',
+  port: 0,
+  authenticateFn,
+  clientConnectedFn: ({ metadata }) => {
+    if (metadata?.role === 'admin') {
+      console.log(metadata.permissions.length);
+    }
+  },
+};
+
+export async function main(): Promise<void> {
+  const helper = new WebSocketServerHelper<AuthPayload, UserMetadata>(options);
+  await helper.configure();
+  const all: Map<string, IWebSocketClient<UserMetadata>> = helper.getClients();
+  const one: IWebSocketClient<UserMetadata> | undefined = helper.getClients({ id: 'x' });
+  console.log(all.size, one?.metadata?.role, helper.getPort(), WebSocketChannels.forRoom({ room: 'r' }));
+  helper.send({ destination: 'room', payload: { topic: 't', data: { n: 1 } }, cb: () => {} });
+  await helper.shutdown();
+}
