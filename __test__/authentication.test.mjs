@@ -1,16 +1,8 @@
-import { after, assert, describe, it } from './support/framework.mjs';
-import { TestClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+import { assert, describe, it } from './support/framework.mjs';
+import { TestClient, sleep, serverPool, waitUntil } from './support/helpers.mjs';
 
 describe('authentication', () => {
-  const servers = [];
-  const start = async options => {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  };
-  after(async () => {
-    await Promise.all(servers.map(server => server.shutdown()));
-  });
+  const start = serverPool();
 
   it('accepts a client: connected { id, userId, time }, indexes, rooms, then clientConnectedFn', async () => {
     const order = [];

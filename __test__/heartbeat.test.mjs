@@ -1,16 +1,8 @@
-import { after, assert, describe, it } from './support/framework.mjs';
-import { TestClient, authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+import { assert, describe, it } from './support/framework.mjs';
+import { TestClient, authenticatedClient, sleep, serverPool, waitUntil } from './support/helpers.mjs';
 
 describe('heartbeat', () => {
-  const servers = [];
-  const start = async options => {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  };
-  after(async () => {
-    await Promise.all(servers.map(server => server.shutdown()));
-  });
+  const start = serverPool();
 
   it('closes authenticated clients silent for longer than heartbeatTimeout with 4002, and logs it', async () => {
     const disconnected = [];

@@ -1,20 +1,12 @@
 import net from 'node:net';
 
-import { after, assert, describe, it } from './support/framework.mjs';
-import { TestClient, pkg, rawExchange, startServer, upgradeRequest } from './support/helpers.mjs';
+import { assert, describe, it } from './support/framework.mjs';
+import { TestClient, pkg, rawExchange, serverPool, upgradeRequest } from './support/helpers.mjs';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 describe('listener', () => {
-  const servers = [];
-  const start = async options => {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  };
-  after(async () => {
-    await Promise.all(servers.map(server => server.shutdown()));
-  });
+  const start = serverPool();
 
   it('binds a free port with port 0 and reports it with getPort()', async () => {
     const server = await start({ path: '/realtime' });

@@ -1,18 +1,10 @@
-import { after, assert, describe, it } from './support/framework.mjs';
-import { authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+import { assert, describe, it } from './support/framework.mjs';
+import { authenticatedClient, sleep, serverPool, waitUntil } from './support/helpers.mjs';
 
 const roomsOf = (server, id) => [...server.getClients({ id }).rooms].sort();
 
 describe('rooms', () => {
-  const servers = [];
-  const start = async options => {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  };
-  after(async () => {
-    await Promise.all(servers.map(server => server.shutdown()));
-  });
+  const start = serverPool();
 
   it('rejects every join without validateRoomFn, and logs why', async () => {
     const server = await start();

@@ -1,16 +1,8 @@
-import { after, assert, describe, it } from './support/framework.mjs';
-import { authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+import { assert, describe, it } from './support/framework.mjs';
+import { authenticatedClient, sleep, serverPool, waitUntil } from './support/helpers.mjs';
 
 describe('message routing', () => {
-  const servers = [];
-  const start = async options => {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  };
-  after(async () => {
-    await Promise.all(servers.map(server => server.shutdown()));
-  });
+  const start = serverPool();
 
   it("answers 'Invalid message format' to what is not a message object, and keeps the connection", async () => {
     const handled = [];

@@ -193,6 +193,8 @@ enum Item {
     Encoded(String),
     Log(String),
     Flush(oneshot::Sender<()>),
+    /// Ends the runner, which releases the bridge (and with it the JS function).
+    Stop,
 }
 
 /// Upper bound of one batch, so a burst cannot build an unbounded string.
@@ -264,9 +266,14 @@ impl Dispatcher {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         self.pending().insert(token, sender);
-        // If the runner is gone the sender is dropped with the queue item and the caller
-        // sees `Abandoned`.
-        let _ = self.queue.send(Item::Encoded(encode_call(token, &call)));
+        if self
+            .queue
+            .send(Item::Encoded(encode_call(token, &call)))
+            .is_err()
+        {
+            // The runner is gone: dropping the sender makes the caller see `Abandoned`.
+            self.forget(token);
+        }
         PendingCall {
             dispatcher: self.clone(),
             token,
@@ -311,13 +318,20 @@ impl Dispatcher {
         }
     }
 
+    /// Delivers what is queued, then ends the runner; later calls are abandoned at once.
+    pub async fn stop(&self) {
+        self.flush().await;
+        let _ = self.queue.send(Item::Stop);
+    }
+
     async fn run(
         self: Arc<Self>,
         mut receiver: mpsc::UnboundedReceiver<Item>,
         bridge: Arc<dyn JsBridge>,
     ) {
         let mut items = Vec::with_capacity(64);
-        while receiver.recv_many(&mut items, MAX_BATCH_ITEMS).await > 0 {
+        let mut stopped = false;
+        while !stopped && receiver.recv_many(&mut items, MAX_BATCH_ITEMS).await > 0 {
             let mut batch = String::with_capacity(256);
             let mut flushes = Vec::new();
             let mut logs = 0;
@@ -330,6 +344,10 @@ impl Dispatcher {
                     }
                     Item::Flush(done) => {
                         flushes.push(done);
+                        continue;
+                    }
+                    Item::Stop => {
+                        stopped = true;
                         continue;
                     }
                 };
@@ -354,6 +372,10 @@ impl Dispatcher {
                 let _ = done.send(());
             }
         }
+        // Nothing queued after Stop is delivered; clearing the pending calls abandons their
+        // callers instead of leaving them to their timeouts.
+        drop(receiver);
+        self.pending().clear();
     }
 
     async fn deliver(&self, bridge: &dyn JsBridge, batch: String) {
@@ -473,6 +495,26 @@ mod tests {
         let batches = bridge.batches.lock().unwrap().clone();
         // All six items were queued before the runner woke: one crossing.
         assert_eq!(batches.len(), 1, "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn after_stop_calls_are_abandoned_and_the_bridge_is_released() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        dispatcher.stop().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut call = dispatcher.call(JsCall::Authenticate {
+            client_id: "c",
+            data: "{}",
+        });
+        assert_eq!(call.outcome().await, CallResult::Abandoned);
+        assert_eq!(
+            Arc::strong_count(&bridge),
+            1,
+            "the runner dropped its bridge"
+        );
     }
 
     #[tokio::test]

@@ -259,7 +259,14 @@ impl Hub {
         index
             .authenticated
             .insert(handle.id.clone(), handle.clone());
-        for room in std::iter::once(id).chain(default_rooms.iter().map(String::as_str)) {
+        // The own-id room shares the id's allocation.
+        index
+            .rooms
+            .entry(handle.id.clone())
+            .or_default()
+            .insert(handle.id.clone(), handle.clone());
+        entry.rooms.insert(handle.id.clone());
+        for room in default_rooms {
             let room = insert_member(&mut index.rooms, room, &handle);
             entry.rooms.insert(room);
         }

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -138,10 +137,6 @@ impl Server {
             .as_bun_send_result()
     }
 
-    pub fn frame(text: &str) -> Bytes {
-        text_frame(text)
-    }
-
     /// `socket.close(code, reason)` of one client.
     pub fn close_client(&self, client_id: &str, code: u16, reason: &str) -> bool {
         self.core
@@ -152,7 +147,8 @@ impl Server {
 
     /// Closes every client with 1001, waits for their connections to end (each runs its
     /// disconnect path), stops the listener and the heartbeat, and waits until JS has
-    /// received every queued callback. A second call returns at once.
+    /// received every queued callback, then releases the JS function. A second call returns
+    /// at once.
     pub async fn shutdown(&self) {
         if self.core.shutting_down.swap(true, Ordering::AcqRel) {
             return;
@@ -182,7 +178,7 @@ impl Server {
             let _ = task.await;
         }
         self.core.hub.clear();
-        self.core.dispatcher.flush().await;
+        self.core.dispatcher.stop().await;
     }
 }
 

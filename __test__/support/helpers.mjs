@@ -2,6 +2,8 @@
 import net from 'node:net';
 import { createRequire } from 'node:module';
 
+import { after } from './framework.mjs';
+
 const require = createRequire(import.meta.url);
 export const pkg = require('../../index.js');
 export const WebSocket = require('ws');
@@ -49,6 +51,22 @@ export async function startServer(options = {}) {
   helper.url = `ws://127.0.0.1:${helper.getPort()}${helper.getPath()}`;
   helper.log = logger;
   return helper;
+}
+
+/**
+ * For use inside a `describe`: returns `start(options)`, which starts a server that is shut
+ * down after the suite.
+ */
+export function serverPool() {
+  const servers = [];
+  after(async () => {
+    await Promise.all(servers.map(server => server.shutdown()));
+  });
+  return async options => {
+    const server = await startServer(options);
+    servers.push(server);
+    return server;
+  };
 }
 
 /** A `ws` client with a message queue and promise-based waits. */

@@ -11,6 +11,7 @@ use super::bridge::{DispatchFn, TsfnBridge};
 use super::to_js_error;
 use crate::config::ServerConfig;
 use crate::error::Error;
+use crate::frame::text_frame;
 use crate::hub::ClientSnapshot;
 use crate::server::{self, Server};
 
@@ -195,7 +196,7 @@ impl NativeServer {
         self.running().is_some_and(|server| {
             server
                 .hub()
-                .send_to_client(&client_id, Server::frame(&message))
+                .send_to_client(&client_id, text_frame(&message))
                 .is_some()
         })
     }
@@ -203,9 +204,7 @@ impl NativeServer {
     #[napi]
     pub fn send_to_user(&self, user_id: String, message: String) -> u32 {
         self.running().map_or(0, |server| {
-            server
-                .hub()
-                .send_to_user(&user_id, &Server::frame(&message)) as u32
+            server.hub().send_to_user(&user_id, &text_frame(&message)) as u32
         })
     }
 
@@ -214,7 +213,7 @@ impl NativeServer {
         self.running().map_or(0, |server| {
             server.hub().send_to_room(
                 &room,
-                &Server::frame(&message),
+                &text_frame(&message),
                 exclude.as_deref().unwrap_or_default(),
             ) as u32
         })
@@ -224,7 +223,7 @@ impl NativeServer {
     pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) -> u32 {
         self.running().map_or(0, |server| {
             server.hub().broadcast(
-                &Server::frame(&message),
+                &text_frame(&message),
                 exclude.as_deref().unwrap_or_default(),
             ) as u32
         })
