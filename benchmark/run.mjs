@@ -1,0 +1,320 @@
+// Runs every benchmark scenario against this package on Node, on Bun, and against the
+// TypeScript helper on Bun; alternates the implementations within each repetition; writes
+// benchmark/RESULTS.md. Usage: node benchmark/run.mjs [--quick] [--reps N] [--only a,b]
+//
+// The server is pinned to core 0 and the load generator to core 1 (taskset). Server CPU
+// time comes from /proc/<pid>/stat, sampled when the load generator enters and leaves its
+// measured window, so CPU per delivery is measured at the same fixed rate for everyone.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.dirname(here);
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const reps = Number(args[args.indexOf('--reps') + 1]) || (quick ? 1 : 3);
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : null;
+const bun = path.join(root, 'node_modules', 'bun', 'bin', 'bun.exe');
+const loadgen = path.join(here, 'loadgen', 'target', 'release', 'loadgen');
+const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+const PAGE = 4096;
+
+const scale = quick ? 0.2 : 1;
+const SCENARIOS = [
+  {
+    name: 'connect',
+    args: ['--clients', String(Math.round(10000 * scale)), '--concurrency', '100'],
+    units: c => c.result.connected,
+    unitName: 'connection',
+  },
+  {
+    name: 'fanout',
+    args: ['--clients', String(Math.round(1000 * scale)), '--rate', '100', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    // The driver is authenticated too, so each broadcast is one delivery more than receivers see.
+    units: c => c.result.requests_sent * (c.result.receivers + 1),
+    unitName: 'delivery',
+  },
+  {
+    name: 'rooms',
+    args: ['--clients', String(Math.round(1000 * scale)), '--rooms', '10', '--rate', '1000', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    units: c => c.result.deliveries_expected,
+    unitName: 'delivery',
+  },
+  {
+    name: 'echo',
+    args: ['--clients', '50', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    units: c => c.result.round_trips,
+    unitName: 'round trip',
+  },
+];
+
+const IMPLEMENTATIONS = [
+  { name: 'ts-helper (bun)', key: 'ts', command: redisPort => [bun, path.join(here, 'servers', 'ts-helper.js'), String(redisPort)] },
+  { name: 'native (node)', key: 'node', command: () => [process.execPath, path.join(here, 'servers', 'native.js')] },
+  { name: 'native (bun)', key: 'bun', command: () => [bun, path.join(here, 'servers', 'native.js')] },
+];
+
+function cpuSeconds(pid) {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS;
+}
+
+function rssBytes(pid) {
+  return Number(fs.readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE;
+}
+
+function freePort() {
+  return new Promise(resolve => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function lines(stream, onLine) {
+  readline.createInterface({ input: stream }).on('line', onLine);
+}
+
+async function stop(child) {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    return;
+  }
+  const exited = new Promise(resolve => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  await exited;
+  clearTimeout(timer);
+}
+
+const pinned = (core, command) => (core === null ? command : ['taskset', '-c', String(core), ...command]);
+
+async function runOnce(implementation, scenario, redisPort, { serverCore = 0, loadgenCore = 1 } = {}) {
+  const [command, ...commandArgs] = pinned(serverCore, implementation.command(redisPort));
+  const server = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let serverErrors = '';
+  server.stderr.on('data', chunk => (serverErrors += chunk));
+  const { port, pid } = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${implementation.name} did not start: ${serverErrors}`)), 20_000);
+    lines(server.stdout, line => {
+      const match = line.match(/^READY (\d+) (\d+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ port: Number(match[1]), pid: Number(match[2]) });
+      }
+    });
+    server.once('exit', code => reject(new Error(`${implementation.name} exited (${code}): ${serverErrors}`)));
+  });
+  await new Promise(resolve => setTimeout(resolve, 500));
+  const rssStart = rssBytes(pid);
+  const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...scenario.args]);
+  const generator = spawn(lgCommand, lgArgs, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let generatorErrors = '';
+  generator.stderr.on('data', chunk => (generatorErrors += chunk));
+  const sample = () => ({ at: performance.now(), server: cpuSeconds(pid), loadgen: cpuSeconds(generator.pid) });
+  const marks = {};
+  const result = await new Promise((resolve, reject) => {
+    lines(generator.stdout, line => {
+      if (line === 'PHASE measure-start') {
+        marks.start = sample();
+      } else if (line === 'PHASE measure-end') {
+        marks.end = sample();
+      } else if (line === 'PHASE idle') {
+        marks.idleRss = rssBytes(pid);
+        generator.stdin.write('go\n');
+      } else if (line.startsWith('RESULT ')) {
+        resolve(JSON.parse(line.slice(7)));
+      }
+    });
+    generator.once('exit', code => {
+      if (code !== 0) {
+        reject(new Error(`loadgen exited ${code}: ${generatorErrors}`));
+      }
+    });
+  });
+  await stop(generator);
+  await stop(server);
+  const wall = (marks.end.at - marks.start.at) / 1000;
+  return {
+    result,
+    wall,
+    serverCpu: marks.end.server - marks.start.server,
+    loadgenCpu: marks.end.loadgen - marks.start.loadgen,
+    rssStart,
+    idleRss: marks.idleRss,
+  };
+}
+
+const median = values => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+
+function summarize(runs, scenario) {
+  const pick = fn => {
+    const values = runs.map(fn).filter(v => Number.isFinite(v));
+    return { median: median(values), min: Math.min(...values), max: Math.max(...values) };
+  };
+  const summary = {
+    cpuPerUnitUs: pick(run => (run.serverCpu / scenario.units(run)) * 1e6),
+    serverUtil: pick(run => run.serverCpu / run.wall),
+    loadgenUtil: pick(run => run.loadgenCpu / run.wall),
+  };
+  const r = run => run.result;
+  if (scenario.name === 'connect') {
+    summary.rate = pick(run => r(run).connections_per_s);
+    summary.p50 = pick(run => r(run).time_to_connected.p50_ms);
+    summary.p99 = pick(run => r(run).time_to_connected.p99_ms);
+    summary.rssPerConnection = pick(run => (run.idleRss - run.rssStart) / r(run).connected);
+    summary.failures = pick(run => r(run).failures);
+  } else if (scenario.name === 'echo') {
+    summary.rate = pick(run => r(run).round_trips_per_s);
+    summary.p50 = pick(run => r(run).latency.p50_ms);
+    summary.p99 = pick(run => r(run).latency.p99_ms);
+  } else {
+    summary.rate = pick(run => r(run).deliveries_per_s);
+    summary.p50 = pick(run => r(run).latency.p50_ms);
+    summary.p99 = pick(run => r(run).latency.p99_ms);
+    summary.loss = pick(run => r(run).loss);
+  }
+  return summary;
+}
+
+const fmt = (stat, digits = 1) =>
+  stat.min === stat.max ? stat.median.toFixed(digits) : `${stat.median.toFixed(digits)} (${stat.min.toFixed(digits)}–${stat.max.toFixed(digits)})`;
+
+function versions() {
+  const cpu = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown';
+  const run = (cmd, cmdArgs) => execFileSync(cmd, cmdArgs, { encoding: 'utf8' }).trim();
+  return {
+    date: new Date().toISOString(),
+    machine: `${os.cpus().length} cores (${cpu}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}`,
+    node: process.version,
+    bun: run(bun, ['--version']),
+    rustc: run('rustc', ['--version']),
+    native: JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version,
+    ts: JSON.parse(fs.readFileSync(path.join(root, 'node_modules/@venizia/ignis-helpers/package.json'), 'utf8')).version,
+  };
+}
+
+function bottleneck(summary) {
+  const server = summary.serverUtil.median;
+  const generator = summary.loadgenUtil.median;
+  if (server > 0.9) return 'server';
+  if (generator > 0.9) return 'load generator';
+  return `neither (server ${(server * 100).toFixed(0)}%, loadgen ${(generator * 100).toFixed(0)}% of a core)`;
+}
+
+async function main() {
+  if (!fs.existsSync(loadgen)) {
+    execFileSync('cargo', ['build', '--release'], { cwd: path.join(here, 'loadgen'), stdio: 'inherit' });
+  }
+  const redisPort = await freePort();
+  const redis = spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  await new Promise(resolve => setTimeout(resolve, 500));
+  const info = versions();
+  const results = {};
+  try {
+    for (const scenario of SCENARIOS.filter(s => !only || only.includes(s.name))) {
+      results[scenario.name] = {};
+      for (let rep = 0; rep < reps; rep++) {
+        // Alternate the order between repetitions so drift does not favour one side.
+        const order = rep % 2 ? [...IMPLEMENTATIONS].reverse() : IMPLEMENTATIONS;
+        for (const implementation of order) {
+          process.stderr.write(`${scenario.name} #${rep + 1} ${implementation.name} ... `);
+          const run = await runOnce(implementation, scenario, redisPort);
+          (results[scenario.name][implementation.key] ??= []).push(run);
+          process.stderr.write(`server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s\n`);
+        }
+      }
+    }
+    const unpinned = {};
+    if (!only || only.includes('scaling')) {
+      // Both cores for the server (the load generator shares them): how far past one core.
+      const echo = SCENARIOS.find(s => s.name === 'echo');
+      const heavier = { ...echo, args: ['--clients', '200', '--duration', quick ? '4' : '10', '--warmup', '2'] };
+      for (const implementation of IMPLEMENTATIONS) {
+        for (const [label, cores] of [['pinned', { serverCore: 0, loadgenCore: 1 }], ['unpinned', { serverCore: null, loadgenCore: null }]]) {
+          process.stderr.write(`scaling ${label} ${implementation.name} ... `);
+          const run = await runOnce(implementation, heavier, redisPort, cores);
+          (unpinned[implementation.key] ??= {})[label] = run;
+          process.stderr.write(`${run.result.round_trips_per_s.toFixed(0)} rt/s\n`);
+        }
+      }
+    }
+    fs.writeFileSync(path.join(here, 'RESULTS.md'), report(info, results, unpinned));
+    fs.writeFileSync(path.join(here, 'results.json'), JSON.stringify({ info, results, unpinned }, null, 1));
+    process.stderr.write('wrote benchmark/RESULTS.md\n');
+  } finally {
+    await stop(redis);
+  }
+}
+
+function report(info, results, unpinned) {
+  const out = [];
+  out.push('# Benchmark results', '');
+  out.push(`Generated by \`node benchmark/run.mjs${quick ? ' --quick' : ''}\` on ${info.date}.`, '');
+  out.push(`- Machine: ${info.machine}`);
+  out.push(`- Node ${info.node}, Bun ${info.bun}, ${info.rustc}`);
+  out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
+  out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
+  out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.', '');
+  for (const [name, byImpl] of Object.entries(results)) {
+    const scenario = SCENARIOS.find(s => s.name === name);
+    const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
+    const base = summaries.ts;
+    out.push(`## ${name}`, '', `\`loadgen ${name} ${scenario.args.join(' ')}\``, '');
+    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : name === 'echo' ? [] : ['loss'];
+    const rateName = name === 'connect' ? 'connections/s' : name === 'echo' ? 'round trips/s' : 'deliveries/s';
+    out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
+    out.push(`|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
+    for (const implementation of IMPLEMENTATIONS) {
+      const s = summaries[implementation.key];
+      if (!s) continue;
+      const ratio = base ? (s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2) : '';
+      const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio];
+      if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.failures, 0));
+      else if (name !== 'echo') cells.push(fmt(s.loss, 0));
+      cells.push(bottleneck(s));
+      out.push(`| ${implementation.name} | ${cells.join(' | ')} |`);
+    }
+    if (base) {
+      const ratios = IMPLEMENTATIONS.filter(i => i.key !== 'ts' && summaries[i.key]).map(i => {
+        const s = summaries[i.key];
+        const parts = [`rate ${(s.rate.median / base.rate.median).toFixed(2)}x`, `CPU/${scenario.unitName} ${(s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2)}x`];
+        if (name === 'connect') parts.push(`RSS/conn ${(s.rssPerConnection.median / base.rssPerConnection.median).toFixed(2)}x`);
+        parts.push(`p99 ${(s.p99.median / base.p99.median).toFixed(2)}x`);
+        return `${i.name}: ${parts.join(', ')}`;
+      });
+      out.push('', `Ratios against ts-helper (bun): ${ratios.join('; ')}.`);
+    }
+    out.push('');
+  }
+  if (Object.keys(unpinned).length) {
+    out.push('## Scaling past one core', '', '`loadgen echo --clients 200`, server pinned to one core vs unpinned (both cores, shared with the load generator).', '');
+    out.push('| implementation | pinned round trips/s | unpinned round trips/s | gain |', '|---|---|---|---|');
+    for (const implementation of IMPLEMENTATIONS) {
+      const u = unpinned[implementation.key];
+      if (!u) continue;
+      const a = u.pinned.result.round_trips_per_s;
+      const b = u.unpinned.result.round_trips_per_s;
+      out.push(`| ${implementation.name} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(2)}x |`);
+    }
+    out.push('');
+  }
+  return out.join('\n');
+}
+
+main().catch(error => {
+  console.error(error);
+  process.exitCode = 1;
+});

@@ -1,0 +1,35 @@
+// The benchmark's application: the same callbacks for every implementation. Custom events
+// from the load generator's driver are mapped to server-side sends.
+function benchmarkCallbacks(getHelper) {
+  return {
+    authenticateFn: data => ({ userId: data.user }),
+    validateRoomFn: ({ rooms }) => rooms,
+    messageHandler: ({ clientId, message }) => {
+      const helper = getHelper();
+      const data = message.data;
+      switch (message.event) {
+        case 'echo':
+          helper.sendToClient({ clientId, event: 'echo', data });
+          break;
+        case 'bench:broadcast':
+          helper.broadcast({ event: 'tick', data });
+          break;
+        case 'bench:room':
+          helper.sendToRoom({ room: data.room, event: 'tick', data });
+          break;
+        case 'bench:client':
+          helper.sendToClient({ clientId: data.to, event: 'tick', data });
+          break;
+        default:
+          break;
+      }
+    },
+  };
+}
+
+/** Prints the line run.mjs waits for. */
+function ready(port) {
+  console.log(`READY ${port} ${process.pid}`);
+}
+
+module.exports = { benchmarkCallbacks, ready };
