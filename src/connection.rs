@@ -88,6 +88,8 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         core.config.backpressure_limit,
         core.config.close_on_backpressure_limit,
     ));
+    let writer = Arc::new(writer);
+    handle.outbox().attach(writer.clone());
     core.hub.register(handle.clone());
     core.log(
         LogLevel::Info,
@@ -159,34 +161,38 @@ async fn read_upgrade(
     }
 }
 
-/// Writes what is queued, in one vectored write per wake-up where the kernel allows.
-async fn write_loop(mut writer: OwnedWriteHalf, handle: Arc<ClientHandle>) {
+/// Writes what direct writes left queued, as the socket becomes writable. After the close
+/// frame it lets go of the socket, which sends FIN once the outbox let go too.
+async fn write_loop(writer: Arc<OwnedWriteHalf>, handle: Arc<ClientHandle>) {
     while let Some(batch) = handle.outbox().take().await {
         let total: usize = batch.frames.iter().map(Bytes::len).sum();
-        if write_all_frames(&mut writer, &batch.frames).await.is_err() {
+        if write_all_frames(&writer, &batch.frames).await.is_err() {
             handle.outbox().finish();
             break;
         }
         handle.outbox().written(total);
         if batch.ends_with_close {
-            let _ = writer.shutdown().await;
             break;
         }
     }
+    handle.outbox().detach();
 }
 
-async fn write_all_frames(writer: &mut OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
+async fn write_all_frames(writer: &OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
     let (mut index, mut offset) = (0, 0);
     while index < frames.len() {
+        writer.writable().await?;
         let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[index][offset..])
             .chain(frames[index + 1..].iter().map(|frame| &frame[..]))
             .take(64)
             .map(IoSlice::new)
             .collect();
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(ErrorKind::WriteZero.into());
-        }
+        let mut written = match writer.try_write_vectored(&slices) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(written) => written,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        };
         while index < frames.len() && written >= frames[index].len() - offset {
             written -= frames[index].len() - offset;
             index += 1;

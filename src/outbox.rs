@@ -1,14 +1,19 @@
 //! A connection's outbound queue, bounded in bytes.
 //!
-//! Senders (fan-out on any thread, the JS thread, the connection itself) push shared frames;
-//! the connection's writer task takes everything queued and writes it in one vectored write.
+//! Senders (fan-out on any thread, the JS thread, the connection itself) push shared frames.
+//! When nothing is queued or being written, the sender writes to the socket itself (a
+//! non-blocking write): no task wake-up, which on a busy or single core would cost a context
+//! switch per message. What the kernel does not take is queued, and the connection's writer
+//! task drains the queue with vectored writes as the socket becomes writable.
 //! Bytes count until the kernel accepted them, so a peer that stops reading fills the queue
 //! and further frames are dropped (or the connection closed) instead of growing memory.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// What happened to a frame handed to [`Outbox::push`]; the numbers JS sees follow Bun's
@@ -45,6 +50,11 @@ struct State {
     finished: bool,
     backpressured: bool,
     dropped: u64,
+    /// The writer task has taken frames and not finished writing them: a direct write now
+    /// would overtake them.
+    writing: bool,
+    /// The socket, for direct writes; absent in unit tests and after the connection ended.
+    socket: Option<Arc<OwnedWriteHalf>>,
 }
 
 pub struct Outbox {
@@ -76,6 +86,17 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Gives the outbox the socket, for direct writes.
+    pub fn attach(&self, socket: Arc<OwnedWriteHalf>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// Drops the outbox's reference to the socket (the writer drops the other one, which
+    /// sends FIN).
+    pub fn detach(&self) {
+        self.lock().socket = None;
+    }
+
     pub fn push(&self, frame: Bytes) -> Push {
         let mut state = self.lock();
         if state.closing || state.finished {
@@ -84,6 +105,24 @@ impl Outbox {
         if state.pending_bytes > self.limit {
             state.dropped += 1;
             return Push::Dropped;
+        }
+        let len = frame.len();
+        let mut frame = frame;
+        if state.frames.is_empty() && !state.writing {
+            if let Some(socket) = &state.socket {
+                match socket.try_write(&frame) {
+                    Ok(written) if written == len => return Push::Queued(len),
+                    Ok(written) => frame = frame.slice(written..),
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        // The peer is gone; the reader sees it too and ends the connection.
+                        state.finished = true;
+                        drop(state);
+                        self.wake.notify_one();
+                        return Push::Closed;
+                    }
+                }
+            }
         }
         let len = frame.len();
         let was_empty = state.frames.is_empty();
@@ -144,6 +183,7 @@ impl Outbox {
                     return None;
                 }
                 if !state.frames.is_empty() {
+                    state.writing = true;
                     return Some(Batch {
                         frames: state.frames.drain(..).collect(),
                         ends_with_close: state.closing,
@@ -157,6 +197,7 @@ impl Outbox {
     /// The writer reports bytes the kernel accepted; an emptied queue clears backpressure.
     pub fn written(&self, bytes: usize) {
         let mut state = self.lock();
+        state.writing = false;
         state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
         if state.pending_bytes == 0 && state.frames.is_empty() {
             state.backpressured = false;

@@ -2,6 +2,7 @@
 //! protocol behaviour; it converts arguments and errors and forwards.
 
 mod bridge;
+mod runtime;
 mod server;
 
 pub use server::NativeServer;
