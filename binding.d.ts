@@ -68,4 +68,7 @@ export interface NativeServerOptions {
   closeOnBackpressureLimit: boolean
   hasValidateRoomFn: boolean
   hasMessageHandler: boolean
+  hasClientConnectedFn: boolean
+  /** Bits: 1 debug, 2 info, 4 warn, 8 error. */
+  logLevels: number
 }

@@ -80,8 +80,13 @@ class CallbackDispatcher {
           if (!result) {
             return false;
           }
-          this.pendingAuth.set(token, result.metadata);
-          return { userId: result.userId === undefined || result.userId === null ? null : String(result.userId) };
+          // `keep`: there is metadata to hand to the client, which takes a second crossing.
+          const keep = result.metadata !== undefined;
+          if (keep) {
+            this.pendingAuth.set(token, result.metadata);
+          }
+          const userId = result.userId === undefined || result.userId === null ? null : String(result.userId);
+          return { userId, keep };
         });
         return;
       }

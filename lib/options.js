@@ -43,7 +43,7 @@ function optionalFunction(value, name) {
  * Validates the options and returns what the native server and the JS dispatcher need.
  * Throws an OptionError naming the first invalid option.
  */
-function parseServerOptions(opts) {
+function parseServerOptions(opts, { logLevels }) {
   const path = opts.path ?? WebSocketDefaults.PATH;
   if (typeof path !== 'string' || !path.startsWith('/') || /[\s?#]/.test(path)) {
     throw new OptionError('path', `expected a path such as '/ws', got ${JSON.stringify(path)}`);
@@ -118,6 +118,8 @@ function parseServerOptions(opts) {
     closeOnBackpressureLimit: Boolean(serverOptions.closeOnBackpressureLimit),
     hasValidateRoomFn: Boolean(callbacks.validateRoomFn),
     hasMessageHandler: Boolean(callbacks.messageHandler),
+    hasClientConnectedFn: Boolean(callbacks.clientConnectedFn),
+    logLevels,
   };
   return { native, callbacks };
 }

@@ -60,7 +60,7 @@ class WebSocketServerHelper {
       return;
     }
     this.logger.info(`Configuring WebSocket Server | id: ${this.identifier}`);
-    const { native: nativeOptions, callbacks } = parseServerOptions(this.options);
+    const { native: nativeOptions, callbacks } = parseServerOptions(this.options, { logLevels: this.logger.levelBits });
     const dispatcher = new CallbackDispatcher({ callbacks, logger: this.logger, metadata: this.metadata });
     const native = new NativeServer(nativeOptions, dispatcher.dispatch);
     dispatcher.attach(native);

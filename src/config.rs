@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub close_on_backpressure_limit: bool,
     pub has_validate_room_fn: bool,
     pub has_message_handler: bool,
+    pub has_client_connected_fn: bool,
+    /// `LogLevel::bit()`s of the levels the JS logger takes; lines of other levels are
+    /// neither formatted nor sent.
+    pub log_levels: u8,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +47,8 @@ impl Default for ServerConfig {
             close_on_backpressure_limit: false,
             has_validate_room_fn: false,
             has_message_handler: false,
+            has_client_connected_fn: false,
+            log_levels: 0b1111,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::server::{now_ms, Core};
 
 /// Reads per wake-up are at most this large; the buffer is released whenever it empties,
 /// so an idle connection holds no read buffer at all.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// How much of an offending message a log line quotes.
 const LOG_QUOTE_CHARS: usize = 200;
 
@@ -35,16 +35,17 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let mut buffer = Vec::new();
-    let upgrade = timeout(
+    // Boxed: the upgrade is over before the connection spends its life idle.
+    let upgrade = Box::pin(timeout(
         HANDSHAKE_TIMEOUT,
         read_upgrade(&mut reader, &mut buffer, &core.config.path),
-    )
+    ))
     .await;
     let rejection = match upgrade {
         Err(_) => {
             core.log(
                 LogLevel::Debug,
-                format!("Handshake timeout | address: {peer}"),
+                format_args!("Handshake timeout | address: {peer}"),
             );
             return;
         }
@@ -68,7 +69,7 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     if let Some(rejection) = rejection {
         core.log(
             LogLevel::Debug,
-            format!(
+            format_args!(
                 "Upgrade refused | address: {peer} | status: {}",
                 rejection.status
             ),
@@ -93,7 +94,7 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     core.hub.register(handle.clone());
     core.log(
         LogLevel::Info,
-        format!("New connection (unauthorized) | id: {id}"),
+        format_args!("New connection (unauthorized) | id: {id}"),
     );
 
     let writer_task = tokio::spawn(write_loop(writer, handle.clone()));
@@ -123,7 +124,7 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         let user = removed.user_id.as_deref();
         core.log(
             LogLevel::Info,
-            format!(
+            format_args!(
                 "Client disconnected | id: {id} | userId: {}",
                 user.unwrap_or("anonymous")
             ),
@@ -153,7 +154,7 @@ async fn read_upgrade(
             }
             Ok(None) => {}
         }
-        buffer.reserve(4096);
+        buffer.reserve(1024);
         match tokio::io::AsyncReadExt::read_buf(reader, buffer).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
@@ -275,7 +276,7 @@ impl Session {
                         return;
                     }
                     self.auth_deadline = None;
-                    self.core.log(LogLevel::Warn, format!("Auth timeout | id: {}", self.id()));
+                    self.core.log(LogLevel::Warn, format_args!("Auth timeout | id: {}", self.id()));
                     self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
                 }
                 _ = handle.close_started(), if self.close_deadline.is_none() => self.close_started(),
@@ -317,7 +318,7 @@ impl Session {
     fn framing_error(&mut self, error: FrameError) {
         self.core.log(
             LogLevel::Warn,
-            format!(
+            format_args!(
                 "Closing connection | id: {} | code: {} | reason: {}",
                 self.id(),
                 error.close_code(),
@@ -389,7 +390,7 @@ impl Session {
                 let quoted: String = text.chars().take(LOG_QUOTE_CHARS).collect();
                 self.core.log(
                     LogLevel::Error,
-                    format!(
+                    format_args!(
                         "Invalid message payload | Missing event | id: {} | raw: {quoted}",
                         self.id()
                     ),
@@ -399,11 +400,15 @@ impl Session {
         };
         match inbound {
             Inbound::Heartbeat => {}
-            Inbound::Authenticate { data } => self.authenticate(data.unwrap_or("{}")).await,
+            // Boxed: these futures are large and live only while a callback runs; the
+            // connection task itself stays small for the idle majority.
+            Inbound::Authenticate { data } => {
+                Box::pin(self.authenticate(data.unwrap_or("{}"))).await
+            }
             _ if !self.authenticated => self.send_error(protocol::ERR_NOT_AUTHENTICATED),
-            Inbound::Join(request) => self.join(request).await,
+            Inbound::Join(request) => Box::pin(self.join(request)).await,
             Inbound::Leave(request) => self.leave(request),
-            Inbound::Custom { .. } => self.custom(text).await,
+            Inbound::Custom { .. } => Box::pin(self.custom(text)).await,
         }
     }
 
@@ -424,7 +429,7 @@ impl Session {
             _ = sleep_until(deadline) => {
                 self.core.log(
                     LogLevel::Warn,
-                    format!("{callback} did not settle in time | id: {}", self.id()),
+                    format_args!("{callback} did not settle in time | id: {}", self.id()),
                 );
                 None
             }
@@ -459,30 +464,34 @@ impl Session {
             if self.close_deadline.is_none() {
                 self.core.log(
                     LogLevel::Warn,
-                    format!("Auth in-progress timeout | id: {id}"),
+                    format_args!("Auth in-progress timeout | id: {id}"),
                 );
                 self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
             }
             return;
         };
-        let user_id = match outcome {
+        let (user_id, keep_metadata) = match outcome {
             Err(error) => {
                 self.core.log(
                     LogLevel::Error,
-                    format!("Authentication error | id: {id} | error: {error}"),
+                    format_args!("Authentication error | id: {id} | error: {error}"),
                 );
                 self.send_error(protocol::ERR_AUTH_ERROR);
                 return self.close(close_code::AUTH_FAILED, "Authentication failed");
             }
-            // The JS dispatcher answers `false` for a falsy result and `{ userId }` otherwise.
-            Ok(Value::Object(result)) => result
-                .get("userId")
-                .and_then(Value::as_str)
-                .map(Arc::<str>::from),
+            // The JS dispatcher answers `false` for a falsy result, otherwise `{ userId, keep }`
+            // where `keep` says it holds metadata for this token.
+            Ok(Value::Object(result)) => (
+                result
+                    .get("userId")
+                    .and_then(Value::as_str)
+                    .map(Arc::<str>::from),
+                result.get("keep") == Some(&Value::Bool(true)),
+            ),
             Ok(_) => {
                 self.core.log(
                     LogLevel::Info,
-                    format!("Authentication rejected | id: {id}"),
+                    format_args!("Authentication rejected | id: {id}"),
                 );
                 self.send_error(protocol::ERR_AUTH_FAILED);
                 return self.close(close_code::AUTH_FAILED, "Authentication failed");
@@ -496,9 +505,11 @@ impl Session {
                 &self.core.config.default_rooms,
             );
         if !accepted {
-            self.core
-                .dispatcher
-                .notify(JsNotice::Discard { token: auth_token });
+            if keep_metadata {
+                self.core
+                    .dispatcher
+                    .notify(JsNotice::Discard { token: auth_token });
+            }
             return;
         }
         self.authenticated = true;
@@ -508,11 +519,14 @@ impl Session {
         self.handle.send(frame::text_frame(&connected));
         self.core.log(
             LogLevel::Info,
-            format!(
+            format_args!(
                 "Authenticated | id: {id} | userId: {} | encrypted: false",
                 user.as_deref().unwrap_or("anonymous")
             ),
         );
+        if !keep_metadata && !self.core.config.has_client_connected_fn {
+            return;
+        }
         // Also hands the metadata JS kept for `auth_token` over to the client.
         let mut call = self.core.dispatcher.call(JsCall::ClientConnected {
             client_id: &id,
@@ -526,7 +540,7 @@ impl Session {
         {
             self.core.log(
                 LogLevel::Error,
-                format!("clientConnectedFn error | id: {id} | error: {error}"),
+                format_args!("clientConnectedFn error | id: {id} | error: {error}"),
             );
         }
     }
@@ -536,7 +550,9 @@ impl Session {
         let RoomRequest::Rooms(requested) = request else {
             return self.core.log(
                 LogLevel::Warn,
-                format!("Join rejected | id: {id} | reason: data must be {{ rooms: string[] }}"),
+                format_args!(
+                    "Join rejected | id: {id} | reason: data must be {{ rooms: string[] }}"
+                ),
             );
         };
         if requested.is_empty() {
@@ -551,13 +567,13 @@ impl Session {
         if sanitized.is_empty() {
             return self.core.log(
                 LogLevel::Warn,
-                format!("Join rejected | id: {id} | reason: all rooms filtered out"),
+                format_args!("Join rejected | id: {id} | reason: all rooms filtered out"),
             );
         }
         if !self.core.config.has_validate_room_fn {
             return self.core.log(
                 LogLevel::Warn,
-                format!("Join rejected | id: {id} | rooms: {rooms_json} | reason: no validateRoomFn configured"),
+                format_args!("Join rejected | id: {id} | rooms: {rooms_json} | reason: no validateRoomFn configured"),
             );
         }
         let user = self.user_id.clone();
@@ -572,7 +588,7 @@ impl Session {
             Some(Err(error)) => {
                 return self.core.log(
                     LogLevel::Error,
-                    format!(
+                    format_args!(
                         "Failed to join rooms | id: {id} | rooms: {rooms_json} | error: {error}"
                     ),
                 )
@@ -593,7 +609,7 @@ impl Session {
         if joined.is_empty() {
             return self.core.log(
                 LogLevel::Warn,
-                format!(
+                format_args!(
                     "Join rejected | id: {id} | rooms: {rooms_json} | reason: no rooms allowed"
                 ),
             );
@@ -603,7 +619,7 @@ impl Session {
         }
         self.core.log(
             LogLevel::Info,
-            format!(
+            format_args!(
                 "Joined rooms | id: {id} | rooms: {}",
                 serde_json::to_string(&joined).unwrap_or_default()
             ),
@@ -614,7 +630,7 @@ impl Session {
         let RoomRequest::Rooms(requested) = request else {
             return self.core.log(
                 LogLevel::Warn,
-                format!(
+                format_args!(
                     "Leave rejected | id: {} | reason: data must be {{ rooms: string[] }}",
                     self.id()
                 ),
@@ -629,7 +645,7 @@ impl Session {
         }
         self.core.log(
             LogLevel::Info,
-            format!(
+            format_args!(
                 "Left rooms | id: {} | rooms: {}",
                 self.id(),
                 serde_json::to_string(&rooms).unwrap_or_default()
@@ -642,7 +658,7 @@ impl Session {
         if !self.core.config.has_message_handler {
             return self.core.log(
                 LogLevel::Debug,
-                format!("No messageHandler for extra event | id: {id}"),
+                format_args!("No messageHandler for extra event | id: {id}"),
             );
         }
         let user = self.user_id.clone();
@@ -655,8 +671,42 @@ impl Session {
         if let Some(Err(error)) = self.wait_for(&mut call, deadline, "messageHandler").await {
             self.core.log(
                 LogLevel::Error,
-                format!("Message handler error | id: {id} | error: {error}"),
+                format_args!("Message handler error | id: {id} | error: {error}"),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    struct NoJs;
+
+    impl crate::dispatch::JsBridge for NoJs {
+        fn deliver(
+            &self,
+            _: String,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        {
+            Box::pin(async { Ok("[]".to_string()) })
+        }
+    }
+
+    /// Every idle connection holds this future; callback paths are boxed to keep it small.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let config = crate::config::ServerConfig {
+            port: 0,
+            host: "127.0.0.1".into(),
+            ..Default::default()
+        };
+        let listener = crate::server::bind(&config).unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = crate::server::Server::start(config, listener, Arc::new(NoJs)).unwrap();
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let task = super::run(server.core_for_tests(), stream, address);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "connection future is {size} bytes");
     }
 }

@@ -85,6 +85,16 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// This level's bit in `ServerConfig::log_levels`.
+    pub fn bit(self) -> u8 {
+        match self {
+            LogLevel::Debug => 1,
+            LogLevel::Info => 2,
+            LogLevel::Warn => 4,
+            LogLevel::Error => 8,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             LogLevel::Debug => "debug",

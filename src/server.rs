@@ -36,8 +36,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub fn log(&self, level: LogLevel, text: String) {
-        self.dispatcher.log(level, &text);
+    /// Formats and queues a log line, unless no JS logger method takes its level.
+    pub fn log(&self, level: LogLevel, text: std::fmt::Arguments<'_>) {
+        if self.config.log_levels & level.bit() != 0 {
+            self.dispatcher.log(level, &text.to_string());
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -104,6 +107,11 @@ impl Server {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn core_for_tests(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -114,10 +122,6 @@ impl Server {
 
     pub fn config(&self) -> &ServerConfig {
         &self.core.config
-    }
-
-    pub fn log(&self, level: LogLevel, text: String) {
-        self.core.log(level, text);
     }
 
     pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
@@ -203,7 +207,10 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
             }
             Err(error) => {
                 // Typically out of file descriptors: back off instead of spinning.
-                core.log(LogLevel::Error, format!("Accept failed | error: {error}"));
+                core.log(
+                    LogLevel::Error,
+                    format_args!("Accept failed | error: {error}"),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -224,7 +231,7 @@ async fn heartbeat_loop(core: Arc<Core>) {
         for handle in core.hub.stale(now_ms(), timeout_ms) {
             core.log(
                 LogLevel::Warn,
-                format!(
+                format_args!(
                     "Heartbeat timeout | id: {} | lastActivity: {}",
                     handle.id,
                     crate::protocol::iso_time(handle.last_activity())

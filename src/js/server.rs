@@ -31,6 +31,9 @@ pub struct NativeServerOptions {
     pub close_on_backpressure_limit: bool,
     pub has_validate_room_fn: bool,
     pub has_message_handler: bool,
+    pub has_client_connected_fn: bool,
+    /// Bits: 1 debug, 2 info, 4 warn, 8 error.
+    pub log_levels: u32,
 }
 
 impl From<NativeServerOptions> for ServerConfig {
@@ -50,6 +53,8 @@ impl From<NativeServerOptions> for ServerConfig {
             close_on_backpressure_limit: options.close_on_backpressure_limit,
             has_validate_room_fn: options.has_validate_room_fn,
             has_message_handler: options.has_message_handler,
+            has_client_connected_fn: options.has_client_connected_fn,
+            log_levels: options.log_levels as u8,
         }
     }
 }
