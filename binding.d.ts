@@ -18,13 +18,17 @@ export declare class NativeServer {
   shutdown(): Promise<void>
   /** Delivers an outcome that JS produced asynchronously. False when nobody waits for it. */
   settle(token: number, failed: boolean, value: string): boolean
-  /** `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`. */
-  sendToClient(clientId: string, message: string): boolean
-  sendToUser(userId: string, message: string): number
-  sendToRoom(room: string, message: string, exclude?: Array<string> | undefined | null): number
-  broadcast(message: string, exclude?: Array<string> | undefined | null): number
+  /**
+   * `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
+   * Sends are performed in the order they were issued (see `sender.rs`).
+   */
+  sendToClient(clientId: string, message: string): void
+  sendToUser(userId: string, message: string): void
+  sendToRoom(room: string, message: string, exclude?: Array<string> | undefined | null): void
+  broadcast(message: string, exclude?: Array<string> | undefined | null): void
   hasClient(clientId: string): boolean
   hasRoom(room: string): boolean
+  /** Membership changes wait for earlier sends, which were addressed to the old members. */
   joinRoom(clientId: string, room: string): boolean
   leaveRoom(clientId: string, room: string): boolean
   client(clientId: string): ClientInfo | null

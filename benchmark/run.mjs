@@ -301,13 +301,23 @@ function report(info, results, unpinned) {
   }
   if (Object.keys(unpinned).length) {
     out.push('## Scaling past one core', '', '`loadgen echo --clients 200`, server pinned to one core vs unpinned (both cores, shared with the load generator).', '');
-    out.push('| implementation | pinned round trips/s | unpinned round trips/s | gain |', '|---|---|---|---|');
+    out.push(
+      'On 2 cores the load generator needs one of them, so round trips/s cannot grow much; the server CPU columns show how much of the machine each server can put to work (1.00 = one core).',
+      '',
+    );
+    out.push(
+      '| implementation | pinned round trips/s | unpinned round trips/s | gain | server cores used, pinned | server cores used, unpinned |',
+      '|---|---|---|---|---|---|',
+    );
     for (const implementation of IMPLEMENTATIONS) {
       const u = unpinned[implementation.key];
       if (!u) continue;
       const a = u.pinned.result.round_trips_per_s;
       const b = u.unpinned.result.round_trips_per_s;
-      out.push(`| ${implementation.name} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(2)}x |`);
+      const cores = run => (run.serverCpu / run.wall).toFixed(2);
+      out.push(
+        `| ${implementation.name} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(2)}x | ${cores(u.pinned)} | ${cores(u.unpinned)} |`,
+      );
     }
     out.push('');
   }

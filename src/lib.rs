@@ -5,7 +5,7 @@
 //! keeps the application's callbacks, which the server calls in batches through one
 //! threadsafe function (see `dispatch`).
 //!
-//! Core modules (`protocol`, `frame`, `handshake`, `outbox`, `hub`, `dispatch`,
+//! Core modules (`protocol`, `frame`, `handshake`, `outbox`, `hub`, `dispatch`, `sender`,
 //! `connection`, `server`) take no napi types and are tested with `cargo test`; `js` is the
 //! thin napi layer.
 #![deny(clippy::all)]
@@ -20,4 +20,5 @@ pub mod hub;
 pub mod js;
 pub mod outbox;
 pub mod protocol;
+pub mod sender;
 pub mod server;

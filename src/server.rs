@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::frame::{close_code, text_frame};
 use crate::hub::Hub;
 use crate::outbox::Push;
+use crate::sender::{self, Sender};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -26,8 +27,9 @@ pub fn now_ms() -> u64 {
 /// State shared by the listener, every connection and the JS-facing API.
 pub(crate) struct Core {
     pub config: ServerConfig,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub dispatcher: Arc<Dispatcher>,
+    pub sender: Arc<Sender>,
     shutting_down: AtomicBool,
     stop: watch::Sender<bool>,
     /// Each connection task holds a clone; shutdown drops the original and waits until the
@@ -87,17 +89,24 @@ impl Server {
             TcpListener::from_std(listener).map_err(|source| Error::Bind { address, source })?;
         let (stop, _) = watch::channel(false);
         let (alive, all_gone) = mpsc::channel(1);
+        let hub = Arc::new(Hub::default());
+        let sender = Sender::new(hub.clone(), !sender::has_more_than_one_core());
         let core = Arc::new(Core {
             config,
-            hub: Hub::default(),
+            hub,
             dispatcher: Dispatcher::start(bridge),
+            sender,
             shutting_down: AtomicBool::new(false),
             stop,
             alive: Mutex::new(Some(alive)),
         });
+        let mut stop_sender = core.stop.subscribe();
         let tasks = vec![
             tokio::spawn(accept_loop(core.clone(), listener)),
             tokio::spawn(heartbeat_loop(core.clone())),
+            tokio::spawn(core.sender.clone().run(async move {
+                let _ = stop_sender.changed().await;
+            })),
         ];
         Ok(Server {
             core,
@@ -120,6 +129,11 @@ impl Server {
         &self.core.hub
     }
 
+    /// Where sends issued by JavaScript go, in order.
+    pub fn sender(&self) -> &Sender {
+        &self.core.sender
+    }
+
     pub fn config(&self) -> &ServerConfig {
         &self.core.config
     }
@@ -134,19 +148,21 @@ impl Server {
 
     /// `socket.send(data)` of one client: a text frame, Bun's return convention.
     pub fn send_text(&self, client_id: &str, text: &str) -> i64 {
+        let frame = text_frame(text);
         self.core
-            .hub
-            .send_to_client(client_id, text_frame(text))
+            .sender
+            .now(|hub| hub.send_to_client(client_id, frame))
             .unwrap_or(Push::Closed)
             .as_bun_send_result()
     }
 
     /// `socket.close(code, reason)` of one client.
+    /// Queued sends to the client go out before the close frame.
     pub fn close_client(&self, client_id: &str, code: u16, reason: &str) -> bool {
-        self.core
-            .hub
-            .handle(client_id)
-            .is_some_and(|handle| handle.close(code, reason))
+        self.core.sender.now(|hub| {
+            hub.handle(client_id)
+                .is_some_and(|handle| handle.close(code, reason))
+        })
     }
 
     /// Closes every client with 1001, waits for their connections to end (each runs its

@@ -13,6 +13,7 @@ use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::frame::text_frame;
 use crate::hub::ClientSnapshot;
+use crate::sender::Delivery;
 use crate::server::{self, Server};
 
 /// Settings, validated and defaulted by `lib/options.js`. Durations in milliseconds.
@@ -97,6 +98,12 @@ pub struct NativeServer {
 }
 
 impl NativeServer {
+    fn deliver(&self, delivery: Delivery) {
+        if let Some(server) = self.running() {
+            server.sender().send(delivery);
+        }
+    }
+
     fn running(&self) -> Option<Arc<Server>> {
         self.server
             .lock()
@@ -196,42 +203,38 @@ impl NativeServer {
     }
 
     /// `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
+    /// Sends are performed in the order they were issued (see `sender.rs`).
     #[napi]
-    pub fn send_to_client(&self, client_id: String, message: String) -> bool {
-        self.running().is_some_and(|server| {
-            server
-                .hub()
-                .send_to_client(&client_id, text_frame(&message))
-                .is_some()
-        })
+    pub fn send_to_client(&self, client_id: String, message: String) {
+        self.deliver(Delivery::Client {
+            client_id,
+            frame: text_frame(&message),
+        });
     }
 
     #[napi]
-    pub fn send_to_user(&self, user_id: String, message: String) -> u32 {
-        self.running().map_or(0, |server| {
-            server.hub().send_to_user(&user_id, &text_frame(&message)) as u32
-        })
+    pub fn send_to_user(&self, user_id: String, message: String) {
+        self.deliver(Delivery::User {
+            user_id,
+            frame: text_frame(&message),
+        });
     }
 
     #[napi]
-    pub fn send_to_room(&self, room: String, message: String, exclude: Option<Vec<String>>) -> u32 {
-        self.running().map_or(0, |server| {
-            server.hub().send_to_room(
-                &room,
-                &text_frame(&message),
-                exclude.as_deref().unwrap_or_default(),
-            ) as u32
-        })
+    pub fn send_to_room(&self, room: String, message: String, exclude: Option<Vec<String>>) {
+        self.deliver(Delivery::Room {
+            room,
+            frame: text_frame(&message),
+            exclude: exclude.unwrap_or_default(),
+        });
     }
 
     #[napi]
-    pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) -> u32 {
-        self.running().map_or(0, |server| {
-            server.hub().broadcast(
-                &text_frame(&message),
-                exclude.as_deref().unwrap_or_default(),
-            ) as u32
-        })
+    pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) {
+        self.deliver(Delivery::Broadcast {
+            frame: text_frame(&message),
+            exclude: exclude.unwrap_or_default(),
+        });
     }
 
     #[napi]
@@ -246,16 +249,17 @@ impl NativeServer {
             .is_some_and(|server| server.hub().has_room(&room))
     }
 
+    /// Membership changes wait for earlier sends, which were addressed to the old members.
     #[napi]
     pub fn join_room(&self, client_id: String, room: String) -> bool {
         self.running()
-            .is_some_and(|server| server.hub().join(&client_id, &room))
+            .is_some_and(|server| server.sender().now(|hub| hub.join(&client_id, &room)))
     }
 
     #[napi]
     pub fn leave_room(&self, client_id: String, room: String) -> bool {
         self.running()
-            .is_some_and(|server| server.hub().leave(&client_id, &room))
+            .is_some_and(|server| server.sender().now(|hub| hub.leave(&client_id, &room)))
     }
 
     #[napi]

@@ -1,0 +1,246 @@
+//! Sends issued by JavaScript (`sendToClient`, `sendToRoom`, `broadcast`, ...), in order.
+//!
+//! With more than one core, the JS thread only queues a send and an I/O task performs it
+//! (the socket writes, the fan-out over a room): the JS thread is the one thread that cannot
+//! be multiplied, so it should do as little as possible. One executor at a time drains the
+//! queue in FIFO order, so sends reach each client in the order JS issued them. A JS loop
+//! that outruns the I/O task drains the queue itself past a high-water mark, which bounds
+//! the queue. On a single core there is nothing to gain from the hand-off, so sends run
+//! inline on the calling thread.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::hub::Hub;
+
+/// One send, with its already-framed message.
+pub enum Delivery {
+    Client {
+        client_id: String,
+        frame: Bytes,
+    },
+    User {
+        user_id: String,
+        frame: Bytes,
+    },
+    Room {
+        room: String,
+        frame: Bytes,
+        exclude: Vec<String>,
+    },
+    Broadcast {
+        frame: Bytes,
+        exclude: Vec<String>,
+    },
+}
+
+impl Delivery {
+    fn perform(self, hub: &Hub) {
+        match self {
+            Delivery::Client { client_id, frame } => {
+                hub.send_to_client(&client_id, frame);
+            }
+            Delivery::User { user_id, frame } => {
+                hub.send_to_user(&user_id, &frame);
+            }
+            Delivery::Room {
+                room,
+                frame,
+                exclude,
+            } => {
+                hub.send_to_room(&room, &frame, &exclude);
+            }
+            Delivery::Broadcast { frame, exclude } => {
+                hub.broadcast(&frame, &exclude);
+            }
+        }
+    }
+}
+
+/// Past this many queued sends the caller drains the queue itself.
+const HIGH_WATER: usize = 16 * 1024;
+
+pub struct Sender {
+    hub: Arc<Hub>,
+    queue: Mutex<VecDeque<Delivery>>,
+    /// Held by whoever is performing sends, so batches never interleave.
+    executing: Mutex<()>,
+    wake: Notify,
+    inline: bool,
+}
+
+impl Sender {
+    /// `inline`: perform every send on the calling thread (single core).
+    pub fn new(hub: Arc<Hub>, inline: bool) -> Arc<Self> {
+        Arc::new(Sender {
+            hub,
+            queue: Mutex::new(VecDeque::new()),
+            executing: Mutex::new(()),
+            wake: Notify::new(),
+            inline,
+        })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn send(&self, delivery: Delivery) {
+        if self.inline {
+            // Still behind anything queued before (none is, when inline from the start).
+            let _executing = self.executing.lock().unwrap_or_else(|p| p.into_inner());
+            delivery.perform(&self.hub);
+            return;
+        }
+        let mut queue = self.queue();
+        let was_empty = queue.is_empty();
+        queue.push_back(delivery);
+        let overflowing = queue.len() >= HIGH_WATER;
+        drop(queue);
+        if overflowing {
+            self.drain();
+        } else if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Performs everything queued, then `f`, on the calling thread: for a send whose result
+    /// the caller needs now (`socket.send()`), without overtaking earlier sends.
+    pub fn now<R>(&self, f: impl FnOnce(&Hub) -> R) -> R {
+        let _executing = self.executing.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain_locked();
+        f(&self.hub)
+    }
+
+    /// Performs queued sends until the queue is empty.
+    fn drain(&self) {
+        let _executing = self.executing.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain_locked();
+    }
+
+    fn drain_locked(&self) {
+        loop {
+            let batch = std::mem::take(&mut *self.queue());
+            if batch.is_empty() {
+                return;
+            }
+            for delivery in batch {
+                delivery.perform(&self.hub);
+            }
+        }
+    }
+
+    /// The I/O task: drains the queue whenever sends arrive. Ends when `stop` resolves.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => self.drain(),
+                _ = &mut stop => {
+                    self.drain();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether this process may run on more than one CPU (honours `taskset` and cgroup limits).
+pub fn has_more_than_one_core() -> bool {
+    std::thread::available_parallelism().is_ok_and(|cores| cores.get() > 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{AuthStart, ClientHandle};
+
+    fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
+        let handle = Arc::new(ClientHandle::new(
+            Arc::from(id),
+            String::new(),
+            0,
+            1 << 30,
+            false,
+        ));
+        hub.register(handle.clone());
+        assert_eq!(hub.begin_authentication(id), AuthStart::Started);
+        hub.complete_authentication(id, None, &["room".to_string()]);
+        handle
+    }
+
+    async fn received(handle: &ClientHandle) -> Vec<Bytes> {
+        handle
+            .outbox()
+            .take()
+            .await
+            .map(|batch| batch.frames)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn queued_sends_keep_their_order_per_client() {
+        let hub = Arc::new(Hub::default());
+        let a = client(&hub, "a");
+        let sender = Sender::new(hub.clone(), false);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sender.clone().run(async {
+            let _ = stop_rx.await;
+        }));
+        for i in 0..100u8 {
+            let frame = Bytes::from(vec![i]);
+            sender.send(if i % 2 == 0 {
+                Delivery::Client {
+                    client_id: "a".into(),
+                    frame,
+                }
+            } else {
+                Delivery::Room {
+                    room: "room".into(),
+                    frame,
+                    exclude: vec![],
+                }
+            });
+        }
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+        let frames = received(&a).await;
+        let order: Vec<u8> = frames.iter().map(|frame| frame[0]).collect();
+        assert_eq!(order, (0..100).collect::<Vec<u8>>());
+    }
+
+    #[tokio::test]
+    async fn a_flood_past_the_high_water_mark_is_drained_by_the_caller() {
+        let hub = Arc::new(Hub::default());
+        let a = client(&hub, "a");
+        // No I/O task runs: only the high-water drain can deliver.
+        let sender = Sender::new(hub.clone(), false);
+        for _ in 0..HIGH_WATER {
+            sender.send(Delivery::Broadcast {
+                frame: Bytes::from_static(b"x"),
+                exclude: vec![],
+            });
+        }
+        assert!(sender.queue().is_empty());
+        assert_eq!(received(&a).await.len(), HIGH_WATER);
+    }
+
+    #[tokio::test]
+    async fn inline_mode_sends_at_once() {
+        let hub = Arc::new(Hub::default());
+        let a = client(&hub, "a");
+        let sender = Sender::new(hub.clone(), true);
+        sender.send(Delivery::User {
+            user_id: "nobody".into(),
+            frame: Bytes::from_static(b"x"),
+        });
+        sender.send(Delivery::Client {
+            client_id: "a".into(),
+            frame: Bytes::from_static(b"y"),
+        });
+        assert_eq!(received(&a).await, vec![Bytes::from_static(b"y")]);
+    }
+}
