@@ -34,14 +34,14 @@ const SCENARIOS = [
   },
   {
     name: 'fanout',
-    args: ['--clients', String(Math.round(1000 * scale)), '--rate', '100', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    args: ['--clients', String(Math.round(1000 * scale)), '--rate', '50', '--duration', quick ? '4' : '10', '--warmup', '2'],
     // The driver is authenticated too, so each broadcast is one delivery more than receivers see.
     units: c => c.result.requests_sent * (c.result.receivers + 1),
     unitName: 'delivery',
   },
   {
     name: 'rooms',
-    args: ['--clients', String(Math.round(1000 * scale)), '--rooms', '10', '--rate', '1000', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    args: ['--clients', String(Math.round(1000 * scale)), '--rooms', '10', '--rate', '500', '--duration', quick ? '4' : '10', '--warmup', '2'],
     units: c => c.result.deliveries_expected,
     unitName: 'delivery',
   },
