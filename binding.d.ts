@@ -9,6 +9,16 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+export declare class NativeEmitter {
+  constructor(connection: RedisConnection)
+  /** Connects; resolves true once the publisher is up, false after `timeout_ms`. */
+  configure(timeoutMs: number): Promise<boolean>
+  /** Resolves once Redis accepted the PUBLISH; rejects when it cannot be reached in time. */
+  publish(channel: string, envelope: string): Promise<void>
+  /** Closes the connection; later publishes fail. Calling it twice is fine. */
+  shutdown(): void
+}
+
 export declare class NativeServer {
   /** `dispatch(batch)` runs a batch of callbacks on the JS thread (see lib/dispatch.js). */
   constructor(options: NativeServerOptions, dispatch: (arg: string) => string)
@@ -26,6 +36,18 @@ export declare class NativeServer {
   sendToUser(userId: string, message: string): void
   sendToRoom(room: string, message: string, exclude?: Array<string> | undefined | null): void
   broadcast(message: string, exclude?: Array<string> | undefined | null): void
+  /**
+   * Publishes an envelope (from `JSON.stringify`) on `channel`; failures are logged once
+   * per outage. No-op in standalone mode.
+   */
+  publish(channel: string, envelope: string): void
+  /**
+   * Resolves true once both Redis connections are up and subscribed, false after
+   * `timeout_ms`. True at once in standalone mode.
+   */
+  redisReady(timeoutMs: number): Promise<boolean>
+  /** `'standalone'`, `'connecting'`, `'ready'`, `'reconnecting'` or `'closed'`. */
+  redisStatus(): string
   hasClient(clientId: string): boolean
   hasRoom(room: string): boolean
   /** Membership changes wait for earlier sends, which were addressed to the old members. */
@@ -75,4 +97,16 @@ export interface NativeServerOptions {
   hasClientConnectedFn: boolean
   /** Bits: 1 debug, 2 info, 4 warn, 8 error. */
   logLevels: number
+  /** Absent: standalone. */
+  redis?: RedisConnection
+  serverId: string
+}
+
+/**
+ * A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` URLs
+ * (lib/redis-connection.js reads them from a RedisHelper, a URL or an options object).
+ */
+export interface RedisConnection {
+  url?: string
+  nodes?: Array<string>
 }

@@ -13,6 +13,7 @@ const MESSAGE = 4;
 const CLIENT_DISCONNECTED = 5;
 const DISCARD = 6;
 const LOG = 7;
+const REDIS_STATUS = 8;
 
 function errorText(error) {
   if (error instanceof Error) {
@@ -133,6 +134,11 @@ class CallbackDispatcher {
         this.logger[level](text);
         return;
       }
+      case REDIS_STATUS: {
+        const [, , status, detail] = call;
+        this.notifyRedisStatus(status, detail ?? undefined);
+        return;
+      }
       default:
         this.logger.error(`Unknown callback kind ${kind}`);
     }
@@ -172,6 +178,22 @@ class CallbackDispatcher {
         this.native?.settle(token, true, errorText(error));
       },
     );
+  }
+
+  notifyRedisStatus(status, detail) {
+    const callback = this.callbacks.redisStatusFn;
+    if (!callback) {
+      return;
+    }
+    const report = error => this.logger.error(`redisStatusFn error | error: ${errorText(error)}`);
+    try {
+      const result = callback({ status, detail });
+      if (isThenable(result)) {
+        Promise.resolve(result).catch(report);
+      }
+    } catch (error) {
+      report(error);
+    }
   }
 
   notifyDisconnected(clientId, userId) {

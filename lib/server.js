@@ -6,9 +6,14 @@
 const { randomUUID } = require('node:crypto');
 
 const { NativeServer } = require('../binding.js');
+const { WebSocketChannels, WebSocketMessageTypes } = require('./constants');
 const { CallbackDispatcher } = require('./dispatch');
 const { createLogger } = require('./logger');
 const { STANDALONE, parseServerOptions } = require('./options');
+const { parseRedisConnection } = require('./redis-connection');
+
+/** The TypeScript helper waits this long for Redis, with this error text. */
+const DEFAULT_REDIS_READY_TIMEOUT = 30_000;
 
 const SCOPE = 'WebSocketServerHelper';
 
@@ -33,17 +38,12 @@ class WebSocketServerHelper {
     if (!opts?.redisConnection) {
       throw new Error(`[${SCOPE}] Invalid redis connection!`);
     }
-    if (opts.redisConnection !== STANDALONE) {
-      throw new Error(
-        `[${SCOPE}] The Redis bridge is not available in this version yet: pass redisConnection: '${STANDALONE}' ` +
-          'to run a single instance without Redis (send() then delivers locally only).',
-      );
-    }
+    this.redis = opts.redisConnection === STANDALONE ? null : parseRedisConnection(opts.redisConnection, SCOPE);
     this.options = opts;
     this.identifier = opts.identifier;
     this.path = opts.path ?? '/ws';
     this.serverId = randomUUID();
-    this.standalone = true;
+    this.standalone = this.redis === null;
     this.logger = createLogger(opts.logger, opts.identifier ?? SCOPE);
     /** clientId -> metadata returned by authenticateFn, kept with identity intact. */
     this.metadata = new Map();
@@ -61,14 +61,61 @@ class WebSocketServerHelper {
     }
     this.logger.info(`Configuring WebSocket Server | id: ${this.identifier}`);
     const { native: nativeOptions, callbacks } = parseServerOptions(this.options, { logLevels: this.logger.levelBits });
-    const dispatcher = new CallbackDispatcher({ callbacks, logger: this.logger, metadata: this.metadata });
-    const native = new NativeServer(nativeOptions, dispatcher.dispatch);
+    const redisReadyTimeout = this.options.redisReadyTimeout ?? DEFAULT_REDIS_READY_TIMEOUT;
+    const dispatcher = new CallbackDispatcher({
+      callbacks: { ...callbacks, redisStatusFn: this.options.redisStatusFn },
+      logger: this.logger,
+      metadata: this.metadata,
+    });
+    const native = new NativeServer(
+      { ...nativeOptions, redis: this.redis ?? undefined, serverId: this.serverId },
+      dispatcher.dispatch,
+    );
     dispatcher.attach(native);
     this.port = native.listen();
     this.native = native;
+    if (this.redis && !(await native.redisReady(redisReadyTimeout))) {
+      await native.shutdown();
+      this.native = null;
+      throw new Error(`Redis client did not become ready within ${redisReadyTimeout}ms`);
+    }
     this.logger.info(
-      `WebSocket Server READY | path: ${this.path} | address: ${nativeOptions.host}:${this.port} | mode: standalone`,
+      `WebSocket Server READY | path: ${this.path} | address: ${nativeOptions.host}:${this.port} | mode: ${this.redis ? 'redis' : 'standalone'}`,
     );
+  }
+
+  /** 'standalone', 'connecting', 'ready', 'reconnecting' or 'closed'. */
+  getRedisStatus() {
+    if (!this.redis) {
+      return STANDALONE;
+    }
+    return this.native?.redisStatus() ?? 'connecting';
+  }
+
+  /** Publishes an IRedisSocketMessage as the TypeScript helper builds it, field for field. */
+  publishToRedis({ type, target, event, data, exclude }) {
+    if (!this.native || !this.redis) {
+      return;
+    }
+    const message = JSON.stringify({ serverId: this.serverId, type, target, event, data, exclude });
+    let channel;
+    switch (type) {
+      case WebSocketMessageTypes.BROADCAST:
+        channel = WebSocketChannels.BROADCAST;
+        break;
+      case WebSocketMessageTypes.ROOM:
+        channel = WebSocketChannels.forRoom({ room: target });
+        break;
+      case WebSocketMessageTypes.CLIENT:
+        channel = WebSocketChannels.forClient({ clientId: target });
+        break;
+      case WebSocketMessageTypes.USER:
+        channel = WebSocketChannels.forUser({ userId: target });
+        break;
+      default:
+        return;
+    }
+    this.native.publish(channel, message);
   }
 
   getPath() {
@@ -120,9 +167,9 @@ class WebSocketServerHelper {
   }
 
   /**
-   * Local delivery by the specification's routing table. In standalone mode there is no
-   * Redis to publish to, so a destination that is neither a local client nor a local room
-   * reaches nobody.
+   * The specification's routing table: local delivery, and the envelope to Redis on the
+   * documented channel. In standalone mode there is no Redis, so a destination that is
+   * neither a local client nor a local room reaches nobody.
    */
   send({ destination, payload, doLog, cb } = {}) {
     if (!payload) {
@@ -134,10 +181,16 @@ class WebSocketServerHelper {
     }
     if (!destination) {
       this.broadcast({ event: topic, data });
+      this.publishToRedis({ type: WebSocketMessageTypes.BROADCAST, event: topic, data });
     } else if (this.native?.hasClient(destination)) {
       this.sendToClient({ clientId: destination, event: topic, data, doLog });
+      this.publishToRedis({ type: WebSocketMessageTypes.CLIENT, target: destination, event: topic, data });
     } else if (this.native?.hasRoom(destination)) {
       this.sendToRoom({ room: destination, event: topic, data });
+      this.publishToRedis({ type: WebSocketMessageTypes.ROOM, target: destination, event: topic, data });
+    } else {
+      // Could be a client or room on another instance.
+      this.publishToRedis({ type: WebSocketMessageTypes.ROOM, target: destination, event: topic, data });
     }
     if (cb) {
       setTimeout(cb, 0);

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::broker::RedisTarget;
+
 /// How long a TCP connection may take to send a complete upgrade request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a close frame is sent, how long we wait for the peer's close before dropping it.
@@ -29,6 +31,10 @@ pub struct ServerConfig {
     /// `LogLevel::bit()`s of the levels the JS logger takes; lines of other levels are
     /// neither formatted nor sent.
     pub log_levels: u8,
+    /// `None`: standalone, no Redis.
+    pub redis: Option<RedisTarget>,
+    /// This instance's id in Redis envelopes.
+    pub server_id: String,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +55,8 @@ impl Default for ServerConfig {
             has_message_handler: false,
             has_client_connected_fn: false,
             log_levels: 0b1111,
+            redis: None,
+            server_id: String::new(),
         }
     }
 }

@@ -74,6 +74,11 @@ pub enum JsNotice<'a> {
         level: LogLevel,
         text: &'a str,
     },
+    /// The Redis bridge changed state.
+    RedisStatus {
+        status: &'a str,
+        detail: Option<&'a str>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +119,7 @@ mod kind {
     pub const CLIENT_DISCONNECTED: u8 = 5;
     pub const DISCARD: u8 = 6;
     pub const LOG: u8 = 7;
+    pub const REDIS_STATUS: u8 = 8;
 }
 
 fn opt_string(value: Option<&str>) -> String {
@@ -172,6 +178,12 @@ fn encode_notice(notice: &JsNotice<'_>) -> String {
             opt_string(*user_id)
         ),
         JsNotice::Discard { token } => format!("[{},0,{token}]", kind::DISCARD),
+        JsNotice::RedisStatus { status, detail } => format!(
+            "[{},0,{},{}]",
+            kind::REDIS_STATUS,
+            json_string(status),
+            opt_string(*detail)
+        ),
         JsNotice::Log { level, text } => {
             format!(
                 "[{},0,\"{}\",{}]",

@@ -10,6 +10,7 @@
 //! thin napi layer.
 #![deny(clippy::all)]
 
+pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod dispatch;

@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::broker::{Broker, BrokerConfig, BrokerEvents, BrokerStatus, Incoming};
 use crate::config::{ServerConfig, CLOSE_GRACE};
 use crate::connection;
-use crate::dispatch::{Dispatcher, JsBridge, LogLevel, Outcome};
+use crate::dispatch::{Dispatcher, JsBridge, JsNotice, LogLevel, Outcome};
 use crate::error::Error;
 use crate::frame::{close_code, text_frame};
 use crate::hub::Hub;
@@ -30,7 +31,10 @@ pub(crate) struct Core {
     pub hub: Arc<Hub>,
     pub dispatcher: Arc<Dispatcher>,
     pub sender: Arc<Sender>,
+    pub broker: std::sync::OnceLock<Arc<Broker>>,
     shutting_down: AtomicBool,
+    /// Tasks wait with `wait_for(|stopped| *stopped)`, never `changed()`: a task that
+    /// subscribes after shutdown began must still see it.
     stop: watch::Sender<bool>,
     /// Each connection task holds a clone; shutdown drops the original and waits until the
     /// channel reports every clone gone.
@@ -96,16 +100,30 @@ impl Server {
             hub,
             dispatcher: Dispatcher::start(bridge),
             sender,
+            broker: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             stop,
             alive: Mutex::new(Some(alive)),
         });
+        if let Some(target) = core.config.redis.clone() {
+            let broker = Broker::start(
+                BrokerConfig {
+                    target,
+                    server_id: core.config.server_id.clone(),
+                    subscribe: true,
+                    probe_interval: PROBE_INTERVAL,
+                    probe_timeout: PROBE_TIMEOUT,
+                },
+                Arc::new(BrokerLink(Arc::downgrade(&core))),
+            );
+            let _ = core.broker.set(broker);
+        }
         let mut stop_sender = core.stop.subscribe();
         let tasks = vec![
             tokio::spawn(accept_loop(core.clone(), listener)),
             tokio::spawn(heartbeat_loop(core.clone())),
             tokio::spawn(core.sender.clone().run(async move {
-                let _ = stop_sender.changed().await;
+                let _ = stop_sender.wait_for(|stopped| *stopped).await;
             })),
         ];
         Ok(Server {
@@ -127,6 +145,10 @@ impl Server {
 
     pub fn hub(&self) -> &Hub {
         &self.core.hub
+    }
+
+    pub fn broker(&self) -> Option<&Arc<Broker>> {
+        self.core.broker.get()
     }
 
     /// Where sends issued by JavaScript go, in order.
@@ -198,6 +220,9 @@ impl Server {
             let _ = task.await;
         }
         self.core.hub.clear();
+        if let Some(broker) = self.core.broker.get() {
+            broker.shutdown();
+        }
         self.core.dispatcher.stop().await;
     }
 }
@@ -207,7 +232,7 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -242,7 +267,7 @@ async fn heartbeat_loop(core: Arc<Core>) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
         for handle in core.hub.stale(now_ms(), timeout_ms) {
             core.log(
@@ -255,5 +280,100 @@ async fn heartbeat_loop(core: Arc<Core>) {
             );
             handle.close(close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
         }
+    }
+}
+
+/// How often the subscription proves it still receives, and how long the proof may take.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The broker's view of the server. Weak: the broker's tasks must not keep a shut-down
+/// server alive.
+struct BrokerLink(std::sync::Weak<Core>);
+
+impl BrokerEvents for BrokerLink {
+    fn message(&self, incoming: Incoming) {
+        let Some(core) = self.0.upgrade() else {
+            return;
+        };
+        let hub = &core.hub;
+        match incoming {
+            Incoming::Broadcast { frame, exclude } => {
+                hub.broadcast(&text_frame(&frame), &exclude);
+            }
+            Incoming::Room {
+                room,
+                frame,
+                exclude,
+            } => {
+                hub.send_to_room(&room, &text_frame(&frame), &exclude);
+            }
+            Incoming::Client { client_id, frame } => {
+                hub.send_to_client(&client_id, text_frame(&frame));
+            }
+            Incoming::User { user_id, frame } => {
+                hub.send_to_user(&user_id, &text_frame(&frame));
+            }
+            Incoming::Ignored => {}
+        }
+    }
+
+    fn status(&self, status: BrokerStatus, detail: Option<&str>) {
+        let Some(core) = self.0.upgrade() else {
+            return;
+        };
+        match status {
+            BrokerStatus::Reconnecting => core.log(
+                LogLevel::Error,
+                format_args!(
+                    "Redis connection lost; local delivery continues, reconnecting | reason: {}",
+                    detail.unwrap_or("unknown")
+                ),
+            ),
+            BrokerStatus::Ready => core.log(LogLevel::Info, format_args!("Redis bridge ready")),
+            _ => {}
+        }
+        core.dispatcher.notify(JsNotice::RedisStatus {
+            status: status.as_str(),
+            detail,
+        });
+    }
+
+    fn log_error(&self, text: &str) {
+        if let Some(core) = self.0.upgrade() {
+            core.log(LogLevel::Error, format_args!("{text}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoJs;
+
+    impl JsBridge for NoJs {
+        fn deliver(
+            &self,
+            _: String,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+            Box::pin(async { Ok("[]".to_string()) })
+        }
+    }
+
+    /// On a current-thread runtime the spawned tasks have not run when `shutdown()` starts:
+    /// they must still see the stop signal (they once waited for a change they had missed,
+    /// and shutdown hung until the next heartbeat tick).
+    #[tokio::test]
+    async fn shutdown_right_after_start_completes() {
+        let config = ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            ..Default::default()
+        };
+        let listener = bind(&config).unwrap();
+        let server = Server::start(config, listener, Arc::new(NoJs)).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+        assert!(finished.is_ok(), "shutdown hung");
     }
 }

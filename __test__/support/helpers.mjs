@@ -248,3 +248,56 @@ export function afterHandshake(data) {
   const end = data.indexOf('\r\n\r\n');
   return end < 0 ? Buffer.alloc(0) : data.subarray(end + 4);
 }
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort() {
+  return new Promise(resolve => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A real redis-server on its own port; `stop()` ends it, `start()` brings it back. */
+export async function startRedis(port) {
+  const { spawn } = await import('node:child_process');
+  const redis = { port: port ?? (await freePort()), process: null };
+  redis.url = `redis://127.0.0.1:${redis.port}`;
+  redis.start = async () => {
+    redis.process = spawn(
+      'redis-server',
+      ['--port', String(redis.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
+    await waitUntil(
+      () =>
+        new Promise(resolve => {
+          const socket = net.connect(redis.port, '127.0.0.1');
+          socket.on('connect', () => {
+            socket.destroy();
+            resolve(true);
+          });
+          socket.on('error', () => resolve(false));
+        }),
+      5000,
+      'redis-server to listen',
+    );
+  };
+  redis.stop = async () => {
+    const child = redis.process;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise(resolve => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    }
+  };
+  /** Sends one command with redis-cli (for raw, hand-made messages). */
+  redis.cli = async (...args) => {
+    const { execFileSync } = await import('node:child_process');
+    return execFileSync('redis-cli', ['-p', String(redis.port), ...args], { encoding: 'utf8' });
+  };
+  await redis.start();
+  return redis;
+}

@@ -2,9 +2,11 @@
 //! protocol behaviour; it converts arguments and errors and forwards.
 
 mod bridge;
+mod emitter;
 mod runtime;
 mod server;
 
+pub use emitter::NativeEmitter;
 pub use server::NativeServer;
 
 /// The one place a core error becomes a JS error. The message carries the helper's prefix,

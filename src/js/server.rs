@@ -9,6 +9,7 @@ use napi_derive::napi;
 
 use super::bridge::{DispatchFn, TsfnBridge};
 use super::to_js_error;
+use crate::broker::RedisTarget;
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::frame::text_frame;
@@ -35,6 +36,27 @@ pub struct NativeServerOptions {
     pub has_client_connected_fn: bool,
     /// Bits: 1 debug, 2 info, 4 warn, 8 error.
     pub log_levels: u32,
+    /// Absent: standalone.
+    pub redis: Option<RedisConnection>,
+    pub server_id: String,
+}
+
+/// A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` URLs
+/// (lib/redis-connection.js reads them from a RedisHelper, a URL or an options object).
+#[napi(object)]
+pub struct RedisConnection {
+    pub url: Option<String>,
+    pub nodes: Option<Vec<String>>,
+}
+
+impl RedisConnection {
+    pub(crate) fn into_target(self) -> Option<RedisTarget> {
+        match (self.url, self.nodes) {
+            (_, Some(nodes)) if !nodes.is_empty() => Some(RedisTarget::Cluster(nodes)),
+            (Some(url), _) => Some(RedisTarget::Single(url)),
+            _ => None,
+        }
+    }
 }
 
 impl From<NativeServerOptions> for ServerConfig {
@@ -56,6 +78,8 @@ impl From<NativeServerOptions> for ServerConfig {
             has_message_handler: options.has_message_handler,
             has_client_connected_fn: options.has_client_connected_fn,
             log_levels: options.log_levels as u8,
+            redis: options.redis.and_then(RedisConnection::into_target),
+            server_id: options.server_id,
         }
     }
 }
@@ -235,6 +259,42 @@ impl NativeServer {
             frame: text_frame(&message),
             exclude: exclude.unwrap_or_default(),
         });
+    }
+
+    /// Publishes an envelope (from `JSON.stringify`) on `channel`; failures are logged once
+    /// per outage. No-op in standalone mode.
+    #[napi]
+    pub fn publish(&self, channel: String, envelope: String) {
+        if let Some(broker) = self.running().and_then(|server| server.broker().cloned()) {
+            broker.publish(channel, envelope);
+        }
+    }
+
+    /// Resolves true once both Redis connections are up and subscribed, false after
+    /// `timeout_ms`. True at once in standalone mode.
+    #[napi]
+    pub async fn redis_ready(&self, timeout_ms: u32) -> bool {
+        match self.running().and_then(|server| server.broker().cloned()) {
+            Some(broker) => {
+                broker
+                    .ready(Duration::from_millis(u64::from(timeout_ms)))
+                    .await
+            }
+            None => true,
+        }
+    }
+
+    /// `'standalone'`, `'connecting'`, `'ready'`, `'reconnecting'` or `'closed'`.
+    #[napi]
+    pub fn redis_status(&self) -> String {
+        match self.running() {
+            None if self.config.redis.is_some() => "connecting".into(),
+            Some(server) if server.broker().is_some() => server
+                .broker()
+                .map(|broker| broker.status().as_str().to_string())
+                .unwrap_or_default(),
+            _ => "standalone".into(),
+        }
     }
 
     #[napi]
