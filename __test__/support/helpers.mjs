@@ -80,6 +80,8 @@ export class TestClient {
   constructor(url, options) {
     this.ws = new WebSocket(url, options);
     this.received = [];
+    /** Every frame's exact text, in order: for byte-for-byte comparisons. */
+    this.texts = [];
     this.waiters = [];
     this.opened = new Promise((resolve, reject) => {
       this.ws.once('open', resolve);
@@ -91,6 +93,7 @@ export class TestClient {
     this.ws.on('error', () => {});
     this.ws.on('message', data => {
       const text = data.toString();
+      this.texts.push(text);
       let message;
       try {
         message = JSON.parse(text);
