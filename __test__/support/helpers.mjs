@@ -304,3 +304,44 @@ export async function startRedis(port) {
   await redis.start();
   return redis;
 }
+
+/** A real 3-master Redis Cluster on free ports, created with redis-cli --cluster create. */
+export async function startRedisCluster() {
+  const { spawn, execFileSync } = await import('node:child_process');
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ignis-native-ws-cluster-'));
+  const nodes = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes',
+        '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--dir', dir],
+      { stdio: 'ignore' },
+    );
+    nodes.push({ port, child });
+  }
+  const cli = (port, ...args) => execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' });
+  await waitUntil(() => nodes.every(({ port }) => {
+    try {
+      return cli(port, 'PING').trim() === 'PONG';
+    } catch {
+      return false;
+    }
+  }), 5000, 'cluster nodes to start');
+  execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map(({ port }) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: 'ignore' });
+  await waitUntil(() => nodes.every(({ port }) => cli(port, 'CLUSTER', 'INFO').includes('cluster_state:ok')), 10_000, 'cluster_state:ok');
+  return {
+    nodes: nodes.map(({ port }) => ({ host: '127.0.0.1', port })),
+    async stop() {
+      await Promise.all(nodes.map(({ child }) => new Promise(resolve => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', resolve);
+        child.kill('SIGKILL');
+      })));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
