@@ -236,6 +236,18 @@ export type TWebSocketOutboundTransformer<
   data: DataType;
 }) => ValueOrPromise<TNullable<{ event: string; data: DataType }>>;
 
+export type TRedisConnection =
+  | typeof STANDALONE
+  | { getClient(): unknown }
+  | string
+  | { host?: string; port?: number; username?: string; password?: string; db?: number }
+  | { nodes: Array<string | { host: string; port: number }>; username?: string; password?: string };
+
+/** `'standalone'`, `'connecting'`, `'ready'`, `'reconnecting'` or `'closed'`. */
+export type TWebSocketRedisStatus = 'standalone' | 'connecting' | 'ready' | 'reconnecting' | 'closed';
+
+export type TWebSocketRedisStatusFn = (opts: { status: TWebSocketRedisStatus; detail?: string }) => ValueOrPromise<void>;
+
 /** Where the helper's log lines go. Each method receives one finished line. */
 export interface IWebSocketLogger {
   debug?(text: string): void;
@@ -261,10 +273,17 @@ export interface IWebSocketServerOptions<
   /** Port to listen on; `0` picks a free one (see `getPort()`). Default `8080`. */
   port?: number;
   /**
-   * Required. `'standalone'` (or `STANDALONE`) runs a single instance without Redis. The
-   * Redis bridge (a RedisHelper, URL or connection object) is not available in this version.
+   * Required. Where Redis is, for cross-instance messaging: an Ignis `RedisHelper` /
+   * `DefaultRedisHelper` (host, port, username, password, db, or a cluster's nodes are read
+   * from its ioredis client), a `redis://` URL, `{ host, port, username?, password?, db? }`
+   * or `{ nodes: [{ host, port } | url, ...] }` for a cluster. `'standalone'` (`STANDALONE`)
+   * runs a single instance without Redis. TLS (`rediss://`, `tls`) is not supported yet.
    */
-  redisConnection: typeof STANDALONE | { getClient(): unknown } | string | Record<string, unknown>;
+  redisConnection: TRedisConnection;
+  /** Milliseconds `configure()` waits for both Redis connections. Default `30000`. */
+  redisReadyTimeout?: number;
+  /** Called when the Redis bridge changes state (lost, restored). */
+  redisStatusFn?: TWebSocketRedisStatusFn;
   /** Accepted and ignored: the native server owns its socket. */
   server?: IBunServer;
   /** Rooms joined after authentication, besides the client's own id. Default `['ws-default', 'ws-notification']`. */
@@ -320,8 +339,14 @@ export declare class WebSocketServerHelper<
   /** Throws `[WebSocketServerHelper] Invalid redis connection!` when `redisConnection` is missing. */
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>);
 
-  /** Validates options, binds `host:port`, starts serving and the heartbeat sweep. */
+  /**
+   * Validates options, binds `host:port`, starts serving and the heartbeat sweep, and with
+   * Redis waits until both connections are subscribed (rejects with
+   * `Redis client did not become ready within 30000ms`).
+   */
   configure(): Promise<void>;
+  /** The Redis bridge's state, for honest health checks. */
+  getRedisStatus(): TWebSocketRedisStatus;
   getPath(): string;
   /** The bound port after `configure()`. */
   getPort(): number | undefined;
@@ -346,9 +371,43 @@ export declare class WebSocketServerHelper<
   sendToUser(opts: { userId: string; event: string; data: unknown }): void;
   sendToRoom(opts: { room: string; event: string; data: unknown; exclude?: string[] }): void;
   broadcast(opts: { event: string; data: unknown; exclude?: string[] }): void;
-  /** Routes by `destination` (omitted: broadcast; a local client; a local room). Local only in standalone mode. */
+  /**
+   * Routes by `destination` (omitted: broadcast; a local client; a local room; otherwise a
+   * room elsewhere), delivers locally and publishes the envelope to Redis. Local only in
+   * standalone mode.
+   */
   send<T = unknown>(opts: { destination?: string; payload: { topic: string; data: T }; doLog?: boolean; cb?: () => void }): void;
 
   /** Closes every client with 1001, runs disconnect callbacks, stops listening. */
+  shutdown(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------
+// The emitter
+// ---------------------------------------------------------------------------------------
+
+export interface IWebSocketEmitterOptions {
+  /** Default `'WebSocketEmitter'`. */
+  identifier?: string;
+  /** Required; the same forms as the server's, except `'standalone'`. */
+  redisConnection: Exclude<TRedisConnection, typeof STANDALONE>;
+  /** Milliseconds `configure()` waits for Redis. Default `30000`. */
+  redisReadyTimeout?: number;
+}
+
+/** Publishes to every server instance on the same Redis, from any process. */
+export declare class WebSocketEmitter {
+  readonly identifier: string;
+  /** Always `'emitter'`: no server skips its messages. */
+  readonly serverId: 'emitter';
+  /** Throws `[WebSocketEmitter] Invalid redis connection!` when `redisConnection` is missing. */
+  constructor(opts: IWebSocketEmitterOptions);
+  configure(): Promise<void>;
+  /** Each resolves once Redis accepted the PUBLISH and rejects within 5 s when it cannot be reached. */
+  toClient(opts: { clientId: string; event: string; data: unknown }): Promise<void>;
+  toUser(opts: { userId: string; event: string; data: unknown }): Promise<void>;
+  toRoom(opts: { room: string; event: string; data: unknown; exclude?: string[] }): Promise<void>;
+  broadcast(opts: { event: string; data: unknown }): Promise<void>;
+  /** Closes the connection; safe to call twice. */
   shutdown(): Promise<void>;
 }

@@ -4,6 +4,7 @@ import {
   type IWebSocketServerOptions,
   type TWebSocketAuthenticateFn,
   WebSocketChannels,
+  WebSocketEmitter,
   WebSocketServerHelper,
 } from '../../index';
 
@@ -43,4 +44,11 @@ export async function main(): Promise<void> {
   console.log(all.size, one?.metadata?.role, helper.getPort(), WebSocketChannels.forRoom({ room: 'r' }));
   helper.send({ destination: 'room', payload: { topic: 't', data: { n: 1 } }, cb: () => {} });
   await helper.shutdown();
+}
+
+export async function emit(): Promise<void> {
+  const emitter = new WebSocketEmitter({ redisConnection: 'redis://127.0.0.1:6379' });
+  await emitter.configure();
+  await emitter.toRoom({ room: 'r', event: 'e', data: 1, exclude: ['c'] });
+  await emitter.shutdown();
 }
