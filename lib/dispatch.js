@@ -181,29 +181,22 @@ class CallbackDispatcher {
   }
 
   notifyRedisStatus(status, detail) {
-    const callback = this.callbacks.redisStatusFn;
-    if (!callback) {
-      return;
-    }
-    const report = error => this.logger.error(`redisStatusFn error | error: ${errorText(error)}`);
-    try {
-      const result = callback({ status, detail });
-      if (isThenable(result)) {
-        Promise.resolve(result).catch(report);
-      }
-    } catch (error) {
-      report(error);
-    }
+    this.notify('redisStatusFn', { status, detail }, '');
   }
 
   notifyDisconnected(clientId, userId) {
-    const callback = this.callbacks.clientDisconnectedFn;
+    this.notify('clientDisconnectedFn', { clientId, userId }, ` | id: ${clientId}`);
+  }
+
+  /** Calls a callback nobody waits for; a throw or rejection is logged. */
+  notify(name, argument, context) {
+    const callback = this.callbacks[name];
     if (!callback) {
       return;
     }
-    const report = error => this.logger.error(`clientDisconnectedFn error | id: ${clientId} | error: ${errorText(error)}`);
+    const report = error => this.logger.error(`${name} error${context} | error: ${errorText(error)}`);
     try {
-      const result = callback({ clientId, userId });
+      const result = callback(argument);
       if (isThenable(result)) {
         Promise.resolve(result).catch(report);
       }
