@@ -356,7 +356,8 @@ mod tests {
         fn deliver(
             &self,
             _: String,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        {
             Box::pin(async { Ok("[]".to_string()) })
         }
     }
