@@ -679,31 +679,11 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    struct NoJs;
-
-    impl crate::dispatch::JsBridge for NoJs {
-        fn deliver(
-            &self,
-            _: String,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
-        {
-            Box::pin(async { Ok("[]".to_string()) })
-        }
-    }
-
     /// Every idle connection holds this future; callback paths are boxed to keep it small.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        let config = crate::config::ServerConfig {
-            port: 0,
-            host: "127.0.0.1".into(),
-            ..Default::default()
-        };
-        let listener = crate::server::bind(&config).unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = crate::server::Server::start(config, listener, Arc::new(NoJs)).unwrap();
+        let server = crate::server::start_for_tests();
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
         let task = super::run(server.core_for_tests(), stream, address);
         let size = std::mem::size_of_val(&task);

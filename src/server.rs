@@ -156,10 +156,6 @@ impl Server {
         &self.core.sender
     }
 
-    pub fn config(&self) -> &ServerConfig {
-        &self.core.config
-    }
-
     pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
         self.core.dispatcher.settle(token, outcome)
     }
@@ -346,10 +342,9 @@ impl BrokerEvents for BrokerLink {
     }
 }
 
+/// A server on a free loopback port whose JS side answers every batch with nothing.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) fn start_for_tests() -> Server {
     struct NoJs;
 
     impl JsBridge for NoJs {
@@ -362,18 +357,25 @@ mod tests {
         }
     }
 
+    let config = ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        ..Default::default()
+    };
+    let listener = bind(&config).expect("bind a free port");
+    Server::start(config, listener, Arc::new(NoJs)).expect("start")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     /// On a current-thread runtime the spawned tasks have not run when `shutdown()` starts:
     /// they must still see the stop signal (they once waited for a change they had missed,
     /// and shutdown hung until the next heartbeat tick).
     #[tokio::test]
     async fn shutdown_right_after_start_completes() {
-        let config = ServerConfig {
-            host: "127.0.0.1".into(),
-            port: 0,
-            ..Default::default()
-        };
-        let listener = bind(&config).unwrap();
-        let server = Server::start(config, listener, Arc::new(NoJs)).unwrap();
+        let server = start_for_tests();
         let finished = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
         assert!(finished.is_ok(), "shutdown hung");
     }
