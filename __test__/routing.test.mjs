@@ -76,6 +76,60 @@ describe('message routing', () => {
     client.close();
   });
 
+  it('handles a join after the messages sent before it, even when their handler is async', async () => {
+    const order = [];
+    const server = await start({
+      messageHandler: async ({ message }) => {
+        await sleep(50);
+        order.push(message.event);
+      },
+      validateRoomFn: ({ rooms }) => {
+        order.push('join');
+        return rooms;
+      },
+    });
+    const client = await authenticatedClient(server);
+    client.send({ event: 'first' });
+    client.send({ event: 'second' });
+    client.send({ event: 'join', data: { rooms: ['r1'] } });
+    await waitUntil(() => order.length === 3);
+    assert.deepEqual(order, ['first', 'second', 'join']);
+    client.close();
+  });
+
+  it('stops reading a client whose messages outrun its async messageHandler, then handles them all in order', async () => {
+    let openGate;
+    const gate = new Promise(resolve => (openGate = resolve));
+    const seen = [];
+    const server = await start({
+      callbackTimeout: 30_000,
+      messageHandler: async ({ message }) => {
+        seen.push(message.data.n);
+        await gate;
+      },
+    });
+    const client = await authenticatedClient(server);
+    // 400 x 64 KB: far more than the server takes in (1 MiB per connection waiting for JS,
+    // plus the kernel's socket buffers) while the first handler is pending.
+    const count = 400;
+    const filler = 'x'.repeat(64 * 1024);
+    for (let n = 0; n < count; n++) {
+      client.send({ event: 'bulk', data: { n, filler } });
+    }
+    await waitUntil(() => seen.length === 1);
+    await sleep(300);
+    assert.deepEqual(seen, [0], 'later messages wait for the pending handler');
+    const unsent = client.ws.bufferedAmount;
+    assert.ok(unsent > 8 * 1024 * 1024, `the server stopped reading; ${unsent} bytes still with the client`);
+    openGate();
+    await waitUntil(() => seen.length === count, 15_000, 'every message handled');
+    assert.deepEqual(
+      seen,
+      Array.from({ length: count }, (_, n) => n),
+    );
+    client.close();
+  });
+
   it('logs a messageHandler that throws or rejects, and the connection keeps working', async () => {
     const server = await start({
       messageHandler: ({ clientId, message }) => {

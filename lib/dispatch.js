@@ -4,6 +4,11 @@
 // are answered in the return value, Promises answer later through `native.settle`. This
 // function never throws: a callback's throw or rejection becomes an error outcome that
 // Rust logs and acts on (4003 for authentication, a log line otherwise).
+//
+// Custom messages need no answer. Their order per connection is kept here: while a
+// messageHandler Promise of a connection is pending (at most callbackTimeout), that
+// connection's later messages wait in a queue. The answer marks such messages DEFERRED and
+// `native.settle` reports each when done, which lets Rust read more from that connection.
 
 // Kinds, as src/dispatch.rs writes them.
 const AUTHENTICATE = 1;
@@ -14,6 +19,11 @@ const CLIENT_DISCONNECTED = 5;
 const DISCARD = 6;
 const LOG = 7;
 const REDIS_STATUS = 8;
+
+// Answer row states, as src/dispatch.rs reads them.
+const RESOLVED = 0;
+const FAILED = 1;
+const DEFERRED = 2;
 
 function errorText(error) {
   if (error instanceof Error) {
@@ -36,11 +46,15 @@ class CallbackDispatcher {
    * @param {object} opts.callbacks the application's callbacks (lib/options.js)
    * @param {object} opts.logger { debug, info, warn, error }, each (text) => void
    * @param {Map<string, unknown>} opts.metadata clientId -> metadata returned by authenticateFn
+   * @param {number} opts.callbackTimeout ms a messageHandler Promise may hold its connection's later messages
    */
-  constructor({ callbacks, logger, metadata }) {
+  constructor({ callbacks, logger, metadata, callbackTimeout }) {
     this.callbacks = callbacks;
     this.logger = logger;
     this.metadata = metadata;
+    this.callbackTimeout = callbackTimeout;
+    /** clientId -> messages waiting for that client's pending messageHandler Promise. */
+    this.heldMessages = new Map();
     /** Metadata of accepted authentications until Rust hands it to a client or discards it. */
     this.pendingAuth = new Map();
     this.native = null;
@@ -68,7 +82,8 @@ class CallbackDispatcher {
         this.logger.error(`Callback dispatch failed | kind: ${call[0]} | error: ${errorText(error)}`);
       }
     }
-    return JSON.stringify(answers);
+    // Empty: nothing to answer, the common case for a batch of messages.
+    return answers.length === 0 ? '' : JSON.stringify(answers);
   }
 
   dispatchOne(call, answers) {
@@ -109,7 +124,7 @@ class CallbackDispatcher {
           this.metadata.set(clientId, metadata);
         }
         if (!callbacks.clientConnectedFn) {
-          answers.push([token, 0, null]);
+          answers.push([token, RESOLVED, null]);
           return;
         }
         this.run(token, answers, () => callbacks.clientConnectedFn({ clientId, userId: userId ?? undefined, metadata }), () => null);
@@ -117,7 +132,14 @@ class CallbackDispatcher {
       }
       case MESSAGE: {
         const [, , clientId, userId, message] = call;
-        this.run(token, answers, () => callbacks.messageHandler({ clientId, userId: userId ?? undefined, message }), () => null);
+        const held = this.heldMessages.get(clientId);
+        if (held) {
+          held.push([token, userId, message]);
+          answers.push([token, DEFERRED, 0]);
+        } else if (this.runMessage(token, clientId, userId, message)) {
+          this.heldMessages.set(clientId, []);
+          answers.push([token, DEFERRED, 0]);
+        }
         return;
       }
       case CLIENT_DISCONNECTED: {
@@ -144,20 +166,72 @@ class CallbackDispatcher {
     }
   }
 
+  /**
+   * Runs messageHandler for one message. True when it returned a Promise: the client's later
+   * messages are then held until it settles or callbackTimeout passes.
+   */
+  runMessage(token, clientId, userId, message) {
+    const report = error => this.logger.error(`Message handler error | id: ${clientId} | error: ${errorText(error)}`);
+    let result;
+    try {
+      result = this.callbacks.messageHandler({ clientId, userId: userId ?? undefined, message });
+    } catch (error) {
+      report(error);
+      return false;
+    }
+    if (!isThenable(result)) {
+      return false;
+    }
+    let done = false;
+    const finish = () => {
+      if (done) {
+        return;
+      }
+      done = true;
+      clearTimeout(timer);
+      this.native?.settle(token, false, 'null');
+      this.releaseHeld(clientId);
+    };
+    const timer = setTimeout(() => {
+      this.logger.warn(`messageHandler did not settle in time | id: ${clientId}`);
+      finish();
+    }, this.callbackTimeout);
+    // A handler that never settles must not keep the process alive after shutdown.
+    timer.unref?.();
+    Promise.resolve(result).then(finish, error => {
+      report(error);
+      finish();
+    });
+    return true;
+  }
+
+  /** Runs the messages held behind a settled handler, in order, until one is async again. */
+  releaseHeld(clientId) {
+    const held = this.heldMessages.get(clientId) ?? [];
+    while (held.length > 0) {
+      const [token, userId, message] = held.shift();
+      if (this.runMessage(token, clientId, userId, message)) {
+        return;
+      }
+      this.native?.settle(token, false, 'null');
+    }
+    this.heldMessages.delete(clientId);
+  }
+
   /** Runs one callback; answers now if it returned a value, later if a Promise. */
   run(token, answers, invoke, normalize) {
     let result;
     try {
       result = invoke();
     } catch (error) {
-      answers.push([token, 1, errorText(error)]);
+      answers.push([token, FAILED, errorText(error)]);
       return;
     }
     if (!isThenable(result)) {
       try {
-        answers.push([token, 0, normalize(result)]);
+        answers.push([token, RESOLVED, normalize(result)]);
       } catch (error) {
-        answers.push([token, 1, errorText(error)]);
+        answers.push([token, FAILED, errorText(error)]);
       }
       return;
     }

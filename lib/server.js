@@ -66,6 +66,7 @@ class WebSocketServerHelper {
       callbacks: { ...callbacks, redisStatusFn: this.options.redisStatusFn },
       logger: this.logger,
       metadata: this.metadata,
+      callbackTimeout: nativeOptions.callbackTimeout,
     });
     const native = new NativeServer(
       { ...nativeOptions, redis: this.redis ?? undefined, serverId: this.serverId },

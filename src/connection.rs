@@ -1,10 +1,12 @@
 //! One client connection: the upgrade, a reader that routes messages in arrival order, a
 //! writer that drains the outbound queue, and the close handshake.
 //!
-//! The reader handles one message at a time: a message that needs JS (authentication, room
-//! validation, `messageHandler`) is finished, or timed out, before the next is read. That
-//! gives per-connection ordering and bounds what one client can have in flight to one call;
-//! a client that floods is slowed by TCP backpressure instead of by server memory.
+//! The reader handles messages in arrival order. Authentication and room validation are
+//! finished, or timed out, before the next message is read. Custom messages are handed to
+//! JS without waiting (JS runs `messageHandler` for one connection in order, holding later
+//! messages behind a Promise), up to a credit of bytes per connection; over it, and before a
+//! join or leave, the reader waits for JS to catch up. A client that floods is slowed by TCP
+//! backpressure instead of by server memory.
 
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::config::{CLOSE_GRACE, HANDSHAKE_TIMEOUT};
-use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, Outcome, PendingCall};
+use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, MessageFlow, Outcome, PendingCall};
 use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
 use crate::handshake::{self, Decision, Rejection};
 use crate::hub::{AuthStart, ClientHandle, ClientId};
@@ -108,6 +110,7 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         authenticated: false,
         close_deadline: None,
         discard_input: false,
+        message_flow: None,
     };
     session.read_loop(&mut reader).await;
 
@@ -217,6 +220,8 @@ struct Session {
     close_deadline: Option<Instant>,
     /// After a framing error the rest of the stream is unreadable.
     discard_input: bool,
+    /// Custom messages handed to JS and not yet handled; created with the first one.
+    message_flow: Option<Arc<MessageFlow>>,
 }
 
 /// Whether the read loop goes on after a frame.
@@ -406,10 +411,43 @@ impl Session {
                 Box::pin(self.authenticate(data.unwrap_or("{}"))).await
             }
             _ if !self.authenticated => self.send_error(protocol::ERR_NOT_AUTHENTICATED),
-            Inbound::Join(request) => Box::pin(self.join(request)).await,
-            Inbound::Leave(request) => self.leave(request),
+            Inbound::Join(request) => {
+                if self.messages_done().await {
+                    Box::pin(self.join(request)).await
+                }
+            }
+            Inbound::Leave(request) => {
+                if self.messages_done().await {
+                    self.leave(request)
+                }
+            }
             Inbound::Custom { .. } => Box::pin(self.custom(text)).await,
         }
+    }
+
+    /// Waits until `ready` holds for this connection's messages in JS, or the connection
+    /// starts closing (false). JS bounds every handler by `callbackTimeout`, so this ends.
+    async fn wait_for_messages(&mut self, ready: fn(&MessageFlow) -> bool) -> bool {
+        let Some(flow) = self.message_flow.clone() else {
+            return true;
+        };
+        let handle = self.handle.clone();
+        while !ready(&flow) {
+            tokio::select! {
+                _ = flow.released() => {}
+                _ = handle.close_started() => {
+                    self.close_started();
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Room changes wait for earlier messages, as every message of a connection is handled
+    /// in arrival order.
+    async fn messages_done(&mut self) -> bool {
+        self.wait_for_messages(MessageFlow::is_idle).await
     }
 
     /// Waits for a JS call, bounded by `deadline`; also gives up when the connection starts
@@ -661,19 +699,13 @@ impl Session {
                 format_args!("No messageHandler for extra event | id: {id}"),
             );
         }
-        let user = self.user_id.clone();
-        let mut call = self.core.dispatcher.call(JsCall::Message {
-            client_id: &id,
-            user_id: user.as_deref(),
-            message: text,
-        });
-        let deadline = self.callback_deadline();
-        if let Some(Err(error)) = self.wait_for(&mut call, deadline, "messageHandler").await {
-            self.core.log(
-                LogLevel::Error,
-                format_args!("Message handler error | id: {id} | error: {error}"),
-            );
+        if !self.wait_for_messages(MessageFlow::has_credit).await {
+            return;
         }
+        let flow = self.message_flow.get_or_insert_with(Default::default);
+        self.core
+            .dispatcher
+            .message(flow, &id, self.user_id.as_deref(), text);
     }
 }
 

@@ -9,8 +9,15 @@
 //! Every call that expects an answer carries a token; a caller that stops waiting (timeout,
 //! closed connection) drops its [`PendingCall`], which forgets the token, so a late answer
 //! is recognised and JS is told to discard what it kept for it.
+//!
+//! Custom messages (`messageHandler`) are not calls: nobody waits for them. JS keeps each
+//! connection's messages in order itself (a Promise-returning handler holds back that
+//! connection's later messages) and reports in the batch's answer which messages it deferred;
+//! every other message of the batch is done when the batch returns. What a connection has
+//! handed to JS and JS has not finished is bounded by its [`MessageFlow`], so a client that
+//! sends faster than its handler finishes is slowed by TCP, not buffered by the server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::protocol::json_string;
 
@@ -51,12 +58,6 @@ pub enum JsCall<'a> {
         client_id: &'a str,
         user_id: Option<&'a str>,
         auth_token: u64,
-    },
-    Message {
-        client_id: &'a str,
-        user_id: Option<&'a str>,
-        /// The whole message text, a JSON object.
-        message: &'a str,
     },
 }
 
@@ -156,17 +157,16 @@ fn encode_call(token: u64, call: &JsCall<'_>) -> String {
             json_string(client_id),
             opt_string(*user_id)
         ),
-        JsCall::Message {
-            client_id,
-            user_id,
-            message,
-        } => format!(
-            "[{},{token},{},{},{message}]",
-            kind::MESSAGE,
-            json_string(client_id),
-            opt_string(*user_id)
-        ),
     }
+}
+
+fn encode_message(token: u64, client_id: &str, user_id: Option<&str>, message: &str) -> String {
+    format!(
+        "[{},{token},{},{},{message}]",
+        kind::MESSAGE,
+        json_string(client_id),
+        opt_string(user_id)
+    )
 }
 
 fn encode_notice(notice: &JsNotice<'_>) -> String {
@@ -195,24 +195,110 @@ fn encode_notice(notice: &JsNotice<'_>) -> String {
     }
 }
 
-/// Parses JS's answer `[[token, failed, value], ...]`.
-pub fn parse_outcomes(text: &str) -> Result<Vec<(u64, Outcome)>, serde_json::Error> {
+/// JS's answer to a batch.
+#[derive(Debug, Default, PartialEq)]
+pub struct BatchAnswer {
+    /// Calls that finished synchronously.
+    pub outcomes: Vec<(u64, Outcome)>,
+    /// Messages JS holds for later (an async handler, or queued behind one); it reports each
+    /// through `settle` when done. Every other message of the batch is done.
+    pub deferred: Vec<u64>,
+}
+
+/// Row states in JS's answer `[[token, state, value], ...]` (an empty string: no rows).
+mod answer_state {
+    pub const RESOLVED: u8 = 0;
+    pub const DEFERRED: u8 = 2;
+    // 1: failed, the value is the error's message.
+}
+
+/// Parses JS's answer to a batch.
+pub fn parse_answer(text: &str) -> Result<BatchAnswer, serde_json::Error> {
+    let mut answer = BatchAnswer::default();
+    if text.is_empty() {
+        return Ok(answer);
+    }
     let rows: Vec<(u64, u8, Box<RawValue>)> = serde_json::from_str(text)?;
-    rows.into_iter()
-        .map(|(token, failed, value)| {
-            let outcome = if failed == 0 {
-                Ok(serde_json::from_str(value.get())?)
-            } else {
+    for (token, state, value) in rows {
+        match state {
+            answer_state::DEFERRED => answer.deferred.push(token),
+            answer_state::RESOLVED => answer
+                .outcomes
+                .push((token, Ok(serde_json::from_str(value.get())?))),
+            // answer_state::FAILED, and anything unknown counts as a failure.
+            _ => answer.outcomes.push((
+                token,
                 Err(serde_json::from_str::<String>(value.get())
-                    .unwrap_or_else(|_| value.get().to_string()))
-            };
-            Ok((token, outcome))
-        })
-        .collect()
+                    .unwrap_or_else(|_| value.get().to_string())),
+            )),
+        }
+    }
+    Ok(answer)
+}
+
+/// How much of one connection's input sits with JS: messages handed over and not yet
+/// handled. The connection's reader stops reading while it is over [`MESSAGE_CREDIT`].
+#[derive(Default)]
+pub struct MessageFlow {
+    in_js_bytes: AtomicUsize,
+    released: Notify,
+}
+
+/// Bytes of messages one connection may have handed to JS and not yet seen handled. At
+/// least one message always goes, whatever its size.
+pub const MESSAGE_CREDIT: usize = 1 << 20;
+/// Counted per message on top of its length: a flood of tiny messages is bounded too.
+const MESSAGE_OVERHEAD: usize = 256;
+
+impl MessageFlow {
+    fn cost(message: &str) -> usize {
+        message.len() + MESSAGE_OVERHEAD
+    }
+
+    fn take(&self, cost: usize) {
+        self.in_js_bytes.fetch_add(cost, Ordering::AcqRel);
+    }
+
+    fn release(&self, cost: usize) {
+        self.in_js_bytes.fetch_sub(cost, Ordering::AcqRel);
+        self.released.notify_one();
+    }
+
+    /// Whether another message may go to JS now.
+    pub fn has_credit(&self) -> bool {
+        self.in_js_bytes.load(Ordering::Acquire) < MESSAGE_CREDIT
+    }
+
+    /// Whether JS has finished every message handed over.
+    pub fn is_idle(&self) -> bool {
+        self.in_js_bytes.load(Ordering::Acquire) == 0
+    }
+
+    /// Resolves after some message was released (or at once if one was released since the
+    /// last wait): callers re-check their condition in a loop.
+    pub async fn released(&self) {
+        self.released.notified().await
+    }
+}
+
+/// A message handed to JS, until JS is done with it.
+struct MessageInJs {
+    flow: Arc<MessageFlow>,
+    cost: usize,
+}
+
+impl MessageInJs {
+    fn release(self) {
+        self.flow.release(self.cost);
+    }
 }
 
 enum Item {
     Encoded(String),
+    Message {
+        token: u64,
+        encoded: String,
+    },
     Log(String),
     Flush(oneshot::Sender<()>),
     /// Ends the runner, which releases the bridge (and with it the JS function).
@@ -228,6 +314,9 @@ const MAX_QUEUED_LOGS: usize = 10_000;
 pub struct Dispatcher {
     queue: mpsc::UnboundedSender<Item>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Messages queued for or sitting with JS, by token. Registered before JS sees them, so
+    /// a handler that settles before the batch's answer is read still finds its entry.
+    messages: Mutex<HashMap<u64, MessageInJs>>,
     next_token: AtomicU64,
     queued_logs: AtomicUsize,
     dropped_logs: AtomicU64,
@@ -270,6 +359,7 @@ impl Dispatcher {
         let dispatcher = Arc::new(Dispatcher {
             queue,
             pending: Mutex::new(HashMap::new()),
+            messages: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             queued_logs: AtomicUsize::new(0),
             dropped_logs: AtomicU64::new(0),
@@ -303,6 +393,48 @@ impl Dispatcher {
         }
     }
 
+    fn messages(&self) -> std::sync::MutexGuard<'_, HashMap<u64, MessageInJs>> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands a custom message to `messageHandler`. Nobody waits for it; `flow` is charged
+    /// until JS is done with it (callers check [`MessageFlow::has_credit`] first).
+    pub fn message(
+        &self,
+        flow: &Arc<MessageFlow>,
+        client_id: &str,
+        user_id: Option<&str>,
+        message: &str,
+    ) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let cost = MessageFlow::cost(message);
+        flow.take(cost);
+        self.messages().insert(
+            token,
+            MessageInJs {
+                flow: flow.clone(),
+                cost,
+            },
+        );
+        let encoded = encode_message(token, client_id, user_id, message);
+        if self.queue.send(Item::Message { token, encoded }).is_err() {
+            self.finish_message(token);
+        }
+    }
+
+    fn finish_message(&self, token: u64) -> bool {
+        let message = self.messages().remove(&token);
+        match message {
+            Some(message) => {
+                message.release();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn notify(&self, notice: JsNotice<'_>) {
         if let JsNotice::Log { .. } = notice {
             if self.queued_logs.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_LOGS {
@@ -324,11 +456,13 @@ impl Dispatcher {
         self.pending().remove(&token);
     }
 
-    /// Routes a JS outcome to its waiting caller. False when nobody waits any more.
+    /// Routes a JS outcome to its waiting caller, or marks a deferred message done. False
+    /// when nobody waits any more.
     pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
-        match self.pending().remove(&token) {
+        let waiting = self.pending().remove(&token);
+        match waiting {
             Some(sender) => sender.send(outcome).is_ok(),
-            None => false,
+            None => self.finish_message(token),
         }
     }
 
@@ -366,10 +500,15 @@ impl Dispatcher {
             }
             let mut batch = String::with_capacity(256);
             let mut flushes = Vec::new();
+            let mut messages = Vec::new();
             let mut logs = 0;
             for item in items.drain(..) {
                 let encoded = match item {
                     Item::Encoded(text) => text,
+                    Item::Message { token, encoded } => {
+                        messages.push(token);
+                        encoded
+                    }
                     Item::Log(text) => {
                         logs += 1;
                         text
@@ -398,7 +537,7 @@ impl Dispatcher {
             }
             if !batch.is_empty() {
                 batch.push(']');
-                self.deliver(&*bridge, batch).await;
+                self.deliver(&*bridge, batch, messages).await;
             }
             for done in flushes {
                 let _ = done.send(());
@@ -408,26 +547,35 @@ impl Dispatcher {
         // callers instead of leaving them to their timeouts.
         drop(receiver);
         self.pending().clear();
+        let messages: Vec<MessageInJs> = self.messages().drain().map(|(_, m)| m).collect();
+        messages.into_iter().for_each(MessageInJs::release);
     }
 
-    async fn deliver(&self, bridge: &dyn JsBridge, batch: String) {
+    /// Runs a batch in JS and acts on the answer. `messages`: the tokens of the batch's
+    /// custom messages, each done unless JS deferred it.
+    async fn deliver(&self, bridge: &dyn JsBridge, batch: String, mut messages: Vec<u64>) {
         let answer = match bridge.deliver(batch).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                // JS is unreachable (environment shutting down); calls waiting on this batch
-                // end by their own timeouts.
-                eprintln!("[ignis-native-ws] could not deliver callbacks to JavaScript: {error}");
-                return;
-            }
+            Ok(text) => parse_answer(&text).map_err(|error| {
+                format!("[ignis-native-ws] unreadable answer from the JS dispatcher: {error}")
+            }),
+            // JS is unreachable (environment shutting down); calls waiting on this batch end
+            // by their own timeouts.
+            Err(error) => Err(format!(
+                "[ignis-native-ws] could not deliver callbacks to JavaScript: {error}"
+            )),
         };
-        let outcomes = match parse_outcomes(&answer) {
-            Ok(outcomes) => outcomes,
-            Err(error) => {
-                eprintln!("[ignis-native-ws] unreadable answer from the JS dispatcher: {error}");
-                return;
-            }
-        };
-        for (token, outcome) in outcomes {
+        let answer = answer.unwrap_or_else(|error| {
+            eprintln!("{error}");
+            BatchAnswer::default()
+        });
+        if !answer.deferred.is_empty() {
+            let deferred: HashSet<u64> = answer.deferred.iter().copied().collect();
+            messages.retain(|token| !deferred.contains(token));
+        }
+        for token in messages {
+            self.finish_message(token);
+        }
+        for (token, outcome) in answer.outcomes {
             if !self.settle(token, outcome) {
                 self.notify(JsNotice::Discard { token });
             }
@@ -441,7 +589,7 @@ mod tests {
     use std::time::Duration;
 
     /// A JS stand-in that records batches and answers every call synchronously with the
-    /// token echoed back.
+    /// token echoed back; messages are done at once unless their `event` is "defer".
     struct EchoBridge {
         batches: Mutex<Vec<String>>,
     }
@@ -455,8 +603,12 @@ mod tests {
             self.batches.lock().unwrap().push(batch);
             let answers: Vec<String> = rows
                 .iter()
-                .filter(|row| row[1].as_u64() != Some(0))
-                .map(|row| format!("[{},0,{}]", row[1], row[1]))
+                .filter_map(|row| match row[0].as_u64() {
+                    Some(4) if row[4]["event"] == "defer" => Some(format!("[{},2,0]", row[1])),
+                    Some(4) => None,
+                    _ if row[1].as_u64() == Some(0) => None,
+                    _ => Some(format!("[{},0,{}]", row[1], row[1])),
+                })
                 .collect();
             Box::pin(async move { Ok(format!("[{}]", answers.join(","))) })
         }
@@ -474,14 +626,7 @@ mod tests {
             },
         );
         assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
-        let row = encode_call(
-            8,
-            &JsCall::Message {
-                client_id: "c",
-                user_id: Some("u"),
-                message: r#"{"event":"x"}"#,
-            },
-        );
+        let row = encode_message(8, "c", Some("u"), r#"{"event":"x"}"#);
         assert_eq!(row, r#"[4,8,"c","u",{"event":"x"}]"#);
         assert_eq!(
             encode_notice(&JsNotice::Log {
@@ -494,11 +639,17 @@ mod tests {
 
     #[test]
     fn parses_outcomes_of_both_kinds() {
-        let outcomes = parse_outcomes(r#"[[1,0,{"userId":"u"}],[2,1,"boom"],[3,0,null]]"#).unwrap();
-        assert_eq!(outcomes[0], (1, Ok(serde_json::json!({"userId":"u"}))));
-        assert_eq!(outcomes[1], (2, Err("boom".to_string())));
-        assert_eq!(outcomes[2], (3, Ok(Value::Null)));
-        assert!(parse_outcomes("nope").is_err());
+        let answer =
+            parse_answer(r#"[[1,0,{"userId":"u"}],[2,1,"boom"],[3,0,null],[4,2,0]]"#).unwrap();
+        assert_eq!(
+            answer.outcomes[0],
+            (1, Ok(serde_json::json!({"userId":"u"})))
+        );
+        assert_eq!(answer.outcomes[1], (2, Err("boom".to_string())));
+        assert_eq!(answer.outcomes[2], (3, Ok(Value::Null)));
+        assert_eq!(answer.deferred, vec![4]);
+        assert_eq!(parse_answer("").unwrap(), BatchAnswer::default());
+        assert!(parse_answer("nope").is_err());
     }
 
     #[tokio::test]
@@ -527,6 +678,52 @@ mod tests {
         let batches = bridge.batches.lock().unwrap().clone();
         // All six items were queued before the runner woke: one crossing.
         assert_eq!(batches.len(), 1, "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn messages_charge_their_flow_until_js_is_done_with_them() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let flow = Arc::new(MessageFlow::default());
+        dispatcher.message(&flow, "c", None, r#"{"event":"now"}"#);
+        assert!(!flow.is_idle(), "charged while queued");
+        dispatcher.flush().await;
+        assert!(
+            flow.is_idle(),
+            "a message JS did not defer is done with its batch"
+        );
+
+        let big = format!(
+            r#"{{"event":"defer","data":"{}"}}"#,
+            "x".repeat(MESSAGE_CREDIT)
+        );
+        dispatcher.message(&flow, "c", Some("u"), &big);
+        dispatcher.flush().await;
+        assert!(!flow.has_credit(), "a deferred message stays charged");
+        let batches = bridge.batches.lock().unwrap().clone();
+        let rows: Vec<Vec<Value>> = serde_json::from_str(batches.last().unwrap()).unwrap();
+        let token = rows[0][1].as_u64().unwrap();
+        assert!(dispatcher.settle(token, Ok(Value::Null)));
+        tokio::time::timeout(Duration::from_secs(1), flow.released())
+            .await
+            .expect("the reader is woken");
+        assert!(flow.is_idle());
+        assert!(!dispatcher.settle(token, Ok(Value::Null)), "settled once");
+    }
+
+    #[tokio::test]
+    async fn stopping_releases_deferred_messages() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let flow = Arc::new(MessageFlow::default());
+        dispatcher.message(&flow, "c", None, r#"{"event":"defer"}"#);
+        dispatcher.stop().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(flow.is_idle());
     }
 
     #[tokio::test]
