@@ -1,7 +1,16 @@
 import { createRequire } from 'node:module';
 
 import { after, assert, before, describe, it } from './support/framework.mjs';
-import { authenticatedClient, captureLogger, freePort, pkg, startRedis, startServer, waitUntil } from './support/helpers.mjs';
+import {
+  authenticatedClient,
+  captureLogger,
+  freePort,
+  pkg,
+  startRedis,
+  startServer,
+  startSilencingProxy,
+  waitUntil,
+} from './support/helpers.mjs';
 
 const require = createRequire(import.meta.url);
 
@@ -163,5 +172,46 @@ describe('Redis bridge when Redis is unreachable or restarts', () => {
       await redis.stop();
     }
   });
-});
 
+  it('notices a subscription that stays connected but receives nothing (probe), and recovers it', async () => {
+    const redis = await startRedis();
+    const proxy = await startSilencingProxy(redis.port);
+    const changes = [];
+    const a = await startServer({
+      redisConnection: `redis://127.0.0.1:${proxy.port}`,
+      redisStatusFn: change => changes.push(change),
+    });
+    const b = await startServer({ redisConnection: redis.url });
+    try {
+      const onA = await authenticatedClient(a);
+      b.send({ payload: { topic: 'before', data: 1 } });
+      assert.equal((await onA.next('before')).data, 1);
+
+      assert.equal(proxy.silenceSubscribers(), 1, "a's subscriber connection");
+      const silenced = Date.now();
+      // Nothing closes the connection: only the probe (every 2 s, answered within 3 s) can tell.
+      // The status passes through 'reconnecting' quickly (the proxy accepts at once): follow
+      // the reported changes rather than polling.
+      await waitUntil(() => changes.some(change => change.status === 'reconnecting'), 10_000, 'the silent subscription to be noticed');
+      const noticedAfter = Date.now() - silenced;
+      await waitUntil(() => changes.at(-1).status === 'ready', 5000, 'a new subscription');
+      const lost = changes.find(change => change.status === 'reconnecting');
+      assert.match(lost.detail, /probe/);
+      assert.ok(noticedAfter < 8000, `noticed after ${noticedAfter} ms`);
+      assert.deepEqual(
+        changes.map(change => change.status).filter(status => status !== 'connecting'),
+        ['ready', 'reconnecting', 'ready'],
+      );
+
+      b.send({ payload: { topic: 'after', data: 2 } });
+      assert.equal((await onA.next('after')).data, 2);
+      assert.equal(a.log.lines.filter(line => line.text.includes('Redis connection lost')).length, 1);
+      onA.close();
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+      await proxy.stop();
+      await redis.stop();
+    }
+  });
+});

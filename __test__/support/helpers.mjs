@@ -305,6 +305,64 @@ export async function startRedis(port) {
   return redis;
 }
 
+/**
+ * A TCP proxy in front of a Redis that can make its subscriber connections go silent: the
+ * connection stays open, but nothing passes any more in either direction, as when a NAT or
+ * load balancer drops a connection's state without closing it.
+ */
+export function startSilencingProxy(targetPort) {
+  const connections = new Set();
+  const server = net.createServer(client => {
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    const connection = { client, upstream, subscriber: false, silent: false };
+    connections.add(connection);
+    client.on('data', chunk => {
+      if (/SUBSCRIBE/i.test(chunk.toString('latin1'))) {
+        connection.subscriber = true;
+      }
+      if (!connection.silent) {
+        upstream.write(chunk);
+      }
+    });
+    upstream.on('data', chunk => {
+      if (!connection.silent) {
+        client.write(chunk);
+      }
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      connections.delete(connection);
+    };
+    client.on('close', end);
+    upstream.on('close', end);
+    client.on('error', end);
+    upstream.on('error', end);
+  });
+  return new Promise(resolve => {
+    server.listen(0, '127.0.0.1', () => {
+      resolve({
+        port: server.address().port,
+        /** Silences every subscriber connection open now; returns how many. */
+        silenceSubscribers() {
+          const subscribers = [...connections].filter(connection => connection.subscriber && !connection.silent);
+          for (const connection of subscribers) {
+            connection.silent = true;
+          }
+          return subscribers.length;
+        },
+        stop() {
+          for (const connection of connections) {
+            connection.client.destroy();
+            connection.upstream.destroy();
+          }
+          return new Promise(done => server.close(() => done()));
+        },
+      });
+    });
+  });
+}
+
 /** A real 3-master Redis Cluster on free ports, created with redis-cli --cluster create. */
 export async function startRedisCluster() {
   const { spawn, execFileSync } = await import('node:child_process');
