@@ -103,10 +103,23 @@ export interface NativeServerOptions {
 }
 
 /**
- * A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` URLs
- * (lib/redis-connection.js reads them from a RedisHelper, a URL or an options object).
+ * A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` or
+ * `rediss://` URLs, and TLS settings (lib/redis-connection.js reads them from a RedisHelper,
+ * a URL or an options object).
  */
 export interface RedisConnection {
   url?: string
   nodes?: Array<string>
+  tls?: RedisTlsOptions
+}
+
+/**
+ * ioredis' `tls` option, reduced to what the bridge uses: PEM texts and whether the
+ * server's certificate is checked.
+ */
+export interface RedisTlsOptions {
+  ca?: string
+  cert?: string
+  key?: string
+  rejectUnauthorized: boolean
 }

@@ -236,12 +236,32 @@ export type TWebSocketOutboundTransformer<
   data: DataType;
 }) => ValueOrPromise<TNullable<{ event: string; data: DataType }>>;
 
+/** PEM text, as node's `tls.connect` options take it. */
+type TPem = string | Uint8Array | Array<string | Uint8Array>;
+
+/**
+ * TLS to Redis, the part of ioredis' `tls` option (node's `tls.connect` options) that is
+ * used: `ca` replaces the bundled Mozilla roots, `cert` and `key` (together) are a client
+ * certificate, `rejectUnauthorized: false` skips checking the server's certificate.
+ */
+export interface IRedisTlsOptions {
+  ca?: TPem;
+  cert?: TPem;
+  key?: TPem;
+  rejectUnauthorized?: boolean;
+}
+
 export type TRedisConnection =
   | typeof STANDALONE
   | { getClient(): unknown }
   | string
-  | { host?: string; port?: number; username?: string; password?: string; db?: number }
-  | { nodes: Array<string | { host: string; port: number }>; username?: string; password?: string };
+  | { host?: string; port?: number; username?: string; password?: string; db?: number; tls?: true | IRedisTlsOptions }
+  | {
+      nodes: Array<string | { host: string; port: number }>;
+      username?: string;
+      password?: string;
+      tls?: true | IRedisTlsOptions;
+    };
 
 /** `'standalone'`, `'connecting'`, `'ready'`, `'reconnecting'` or `'closed'`. */
 export type TWebSocketRedisStatus = 'standalone' | 'connecting' | 'ready' | 'reconnecting' | 'closed';
@@ -274,10 +294,10 @@ export interface IWebSocketServerOptions<
   port?: number;
   /**
    * Required. Where Redis is, for cross-instance messaging: an Ignis `RedisHelper` /
-   * `DefaultRedisHelper` (host, port, username, password, db, or a cluster's nodes are read
-   * from its ioredis client), a `redis://` URL, `{ host, port, username?, password?, db? }`
-   * or `{ nodes: [{ host, port } | url, ...] }` for a cluster. `'standalone'` (`STANDALONE`)
-   * runs a single instance without Redis. TLS (`rediss://`, `tls`) is not supported yet.
+   * `DefaultRedisHelper` / `RedisClusterHelper` (host, port, username, password, db, tls, or
+   * a cluster's nodes are read from its ioredis client), a `redis://` or `rediss://` URL,
+   * `{ host, port, username?, password?, db?, tls? }` or `{ nodes: [{ host, port } | url, ...],
+   * tls? }` for a cluster. `'standalone'` (`STANDALONE`) runs a single instance without Redis.
    */
   redisConnection: TRedisConnection;
   /** Milliseconds `configure()` waits for both Redis connections. Default `30000`. */

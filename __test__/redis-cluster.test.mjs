@@ -1,5 +1,9 @@
+import { createRequire } from 'node:module';
+
 import { after, assert, before, describe, it } from './support/framework.mjs';
-import { authenticatedClient, pkg, startRedisCluster, startServer } from './support/helpers.mjs';
+import { authenticatedClient, pkg, startRedisCluster, startServer, tlsFixtures } from './support/helpers.mjs';
+
+const require = createRequire(import.meta.url);
 
 describe('Redis Cluster', () => {
   let cluster;
@@ -57,5 +61,58 @@ describe('Redis Cluster', () => {
     await emitter.shutdown();
     onA.close();
     onB.close();
+  });
+
+  it("reads the nodes from an Ignis RedisClusterHelper's ioredis Cluster", async () => {
+    const { RedisClusterHelper } = require('@venizia/ignis-helpers');
+    const helper = new RedisClusterHelper({
+      name: 'cluster',
+      nodes: cluster.nodes.map(({ host, port }) => ({ host, port: String(port) })),
+      clusterOptions: { lazyConnect: true },
+    });
+    const server = await startServer({ redisConnection: helper });
+    try {
+      assert.equal(server.getRedisStatus(), 'ready');
+      const onServer = await authenticatedClient(server);
+      const onB = await authenticatedClient(b);
+      a.send({ payload: { topic: 'via-cluster-helper', data: 5 } });
+      assert.equal((await onServer.next('via-cluster-helper')).data, 5);
+      server.send({ destination: onB.id, payload: { topic: 'from-cluster-helper', data: 6 } });
+      assert.equal((await onB.next('from-cluster-helper')).data, 6);
+      onServer.close();
+      onB.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+});
+
+describe('Redis Cluster over TLS', () => {
+  let cluster;
+  before(async () => {
+    cluster = await startRedisCluster({ tls: true });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it('delivers across instances and from the emitter ({ nodes, tls: { ca } })', async () => {
+    const connection = { nodes: cluster.nodes, tls: { ca: tlsFixtures().ca } };
+    const a = await startServer({ redisConnection: connection });
+    const b = await startServer({ redisConnection: connection });
+    const emitter = new pkg.WebSocketEmitter({ redisConnection: connection });
+    try {
+      const onB = await authenticatedClient(b, { token: 't', userId: 'dora' });
+      a.send({ destination: onB.id, payload: { topic: 'cluster-tls', data: 1 } });
+      assert.equal((await onB.next('cluster-tls')).data, 1);
+      await emitter.configure();
+      await emitter.toUser({ userId: 'dora', event: 'cluster-tls-emitted', data: 2 });
+      assert.equal((await onB.next('cluster-tls-emitted')).data, 2);
+      onB.close();
+    } finally {
+      await emitter.shutdown();
+      await a.shutdown();
+      await b.shutdown();
+    }
   });
 });

@@ -9,7 +9,7 @@
 //! logged once each and reported as status changes.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,11 +22,95 @@ pub const CHANNEL_BROADCAST: &str = "ws:broadcast";
 pub const PATTERNS: [&str; 3] = ["ws:room:*", "ws:client:*", "ws:user:*"];
 const PROBE_EVENT: &str = "__ignis_native_ws_probe__";
 
-/// Where Redis is: one server, or the seed nodes of a cluster (as `redis://` URLs).
+/// Where Redis is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
+pub struct RedisTarget {
+    pub nodes: RedisNodes,
+    /// TLS settings beyond what a `rediss://` URL says by itself.
+    pub tls: Option<RedisTls>,
+}
+
+/// One server, or the seed nodes of a cluster, as `redis://` or `rediss://` URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisNodes {
     Single(String),
     Cluster(Vec<String>),
+}
+
+/// TLS as ioredis' `tls` option describes it (the URLs are `rediss://` then).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM certificates to trust instead of the bundled Mozilla roots.
+    pub ca: Option<String>,
+    /// PEM client certificate and key, for servers that require them.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// `rejectUnauthorized: false`: the server's certificate is not checked at all.
+    pub insecure: bool,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: cert.clone().into_bytes(),
+                client_key: key.clone().into_bytes(),
+            }),
+            _ => None,
+        };
+        if client_tls.is_none() && self.ca.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls,
+            root_cert: self.ca.clone().map(String::into_bytes),
+        })
+    }
+}
+
+impl RedisTarget {
+    /// The URLs to open a subscriber connection with, one at a time until one answers.
+    fn node_urls(&self) -> &[String] {
+        match &self.nodes {
+            RedisNodes::Single(url) => std::slice::from_ref(url),
+            // In a cluster every node relays every PUBLISH: any one node will do.
+            RedisNodes::Cluster(nodes) => nodes.as_slice(),
+        }
+    }
+
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        let Some(tls) = &self.tls else {
+            return redis::Client::open(url);
+        };
+        // The redis crate reads "no certificate checks" from the URL's fragment.
+        let url = if tls.insecure && !url.contains('#') {
+            format!("{url}#insecure")
+        } else {
+            url.to_string()
+        };
+        match tls.certificates() {
+            Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
+            None => redis::Client::open(url.as_str()),
+        }
+    }
+
+    fn cluster_client(
+        &self,
+        nodes: &[String],
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut builder = redis::cluster::ClusterClient::builder(nodes.to_vec());
+        if let Some(tls) = &self.tls {
+            if let Some(certificates) = tls.certificates() {
+                builder = builder.certs(certificates);
+            }
+            builder = builder.tls(if tls.insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            });
+        }
+        builder.build()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +270,7 @@ pub struct Broker {
     status: Mutex<BrokerStatus>,
     stop: watch::Sender<bool>,
     last_probe_seen: AtomicU64,
+    connect_failure_logged: AtomicBool,
     events: Arc<dyn BrokerEvents>,
 }
 
@@ -196,13 +281,13 @@ enum Connection {
 
 impl Connection {
     async fn open(target: &RedisTarget) -> redis::RedisResult<Connection> {
-        Ok(match target {
-            RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+        Ok(match &target.nodes {
+            RedisNodes::Single(url) => {
+                let client = target.client(url)?;
                 Connection::Single(client.get_multiplexed_async_connection().await?)
             }
-            RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClient::new(nodes.clone())?;
+            RedisNodes::Cluster(nodes) => {
+                let client = target.cluster_client(nodes)?;
                 Connection::Cluster(client.get_async_connection().await?)
             }
         })
@@ -242,6 +327,7 @@ impl Broker {
             status: Mutex::new(BrokerStatus::Connecting),
             stop,
             last_probe_seen: AtomicU64::new(0),
+            connect_failure_logged: AtomicBool::new(false),
             events,
         });
         tokio::spawn(broker.clone().run_publisher(publish_rx, publisher_ready_tx));
@@ -399,21 +485,26 @@ impl Broker {
     }
 
     fn connection_lost(&self, detail: &str) {
-        let status = self.status();
-        if status == BrokerStatus::Ready {
-            self.set_status(BrokerStatus::Reconnecting, Some(detail));
+        match self.status() {
+            BrokerStatus::Ready => self.set_status(BrokerStatus::Reconnecting, Some(detail)),
+            // Never connected yet: say why once (a wrong port, password or certificate would
+            // otherwise only show as "did not become ready").
+            BrokerStatus::Connecting
+                if !self.connect_failure_logged.swap(true, Ordering::Relaxed) =>
+            {
+                self.events.log_error(&format!(
+                    "Redis connection failed; retrying | error: {detail}"
+                ))
+            }
+            _ => {}
         }
     }
 
     async fn open_pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let urls = match &self.config.target {
-            RedisTarget::Single(url) => std::slice::from_ref(url),
-            // In a cluster every node relays every PUBLISH: any one node will do.
-            RedisTarget::Cluster(nodes) => nodes.as_slice(),
-        };
+        let target = &self.config.target;
         let mut last_error = None;
-        for url in urls {
-            match redis::Client::open(url.as_str()) {
+        for url in target.node_urls() {
+            match target.client(url) {
                 Ok(client) => match client.get_async_pubsub().await {
                     Ok(mut pubsub) => {
                         pubsub.subscribe(CHANNEL_BROADCAST).await?;

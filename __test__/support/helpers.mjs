@@ -1,4 +1,5 @@
 // Real servers and real clients for the suite: every helper here talks over sockets.
+import fs from 'node:fs';
 import net from 'node:net';
 import { createRequire } from 'node:module';
 
@@ -263,17 +264,37 @@ export function freePort() {
   });
 }
 
-/** A real redis-server on its own port; `stop()` ends it, `start()` brings it back. */
-export async function startRedis(port) {
+/** The test CA, server and client certificates in __test__/fixtures/tls, as PEM text. */
+export function tlsFixtures() {
+  const dir = new URL('../fixtures/tls/', import.meta.url);
+  const read = name => fs.readFileSync(new URL(name, dir), 'utf8');
+  const path = name => new URL(name, dir).pathname;
+  return {
+    ca: read('ca.crt'),
+    clientCert: read('client.crt'),
+    clientKey: read('client.key'),
+    // The client certificate serves the cluster bus, where nodes are each other's clients.
+    serverArgs: ['--tls-cert-file', path('server.crt'), '--tls-key-file', path('server.key'), '--tls-ca-cert-file', path('ca.crt'),
+      '--tls-client-cert-file', path('client.crt'), '--tls-client-key-file', path('client.key')],
+  };
+}
+
+/**
+ * A real redis-server on its own port; `stop()` ends it, `start()` brings it back.
+ * `{ tls: true }`: TLS only, with the fixture certificates; `clientCerts: true` requires them
+ * of clients too.
+ */
+export async function startRedis(port, { tls = false, clientCerts = false } = {}) {
   const { spawn } = await import('node:child_process');
   const redis = { port: port ?? (await freePort()), process: null };
-  redis.url = `redis://127.0.0.1:${redis.port}`;
+  redis.url = `${tls ? 'rediss' : 'redis'}://127.0.0.1:${redis.port}`;
+  const listen = tls
+    ? ['--port', '0', '--tls-port', String(redis.port), ...tlsFixtures().serverArgs, '--tls-auth-clients', clientCerts ? 'yes' : 'no']
+    : ['--port', String(redis.port)];
   redis.start = async () => {
-    redis.process = spawn(
-      'redis-server',
-      ['--port', String(redis.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-      { stdio: 'ignore' },
-    );
+    redis.process = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+      stdio: 'ignore',
+    });
     await waitUntil(
       () =>
         new Promise(resolve => {
@@ -363,8 +384,11 @@ export function startSilencingProxy(targetPort) {
   });
 }
 
-/** A real 3-master Redis Cluster on free ports, created with redis-cli --cluster create. */
-export async function startRedisCluster() {
+/**
+ * A real 3-master Redis Cluster on free ports, created with redis-cli --cluster create.
+ * `{ tls: true }`: the nodes listen, and talk to each other, with TLS only.
+ */
+export async function startRedisCluster({ tls = false } = {}) {
   const { spawn, execFileSync } = await import('node:child_process');
   const fs = await import('node:fs');
   const os = await import('node:os');
@@ -373,25 +397,20 @@ export async function startRedisCluster() {
   const nodes = [];
   for (let i = 0; i < 3; i++) {
     const port = await freePort();
+    const listen = tls
+      ? ['--port', '0', '--tls-port', String(port), '--tls-cluster', 'yes', ...tlsFixtures().serverArgs, '--tls-auth-clients', 'no']
+      : ['--port', String(port)];
     const child = spawn(
       'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes',
+      [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes',
         '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--dir', dir],
       { stdio: 'ignore' },
     );
     nodes.push({ port, child });
   }
-  const cli = (port, ...args) => execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' });
-  await waitUntil(() => nodes.every(({ port }) => {
-    try {
-      return cli(port, 'PING').trim() === 'PONG';
-    } catch {
-      return false;
-    }
-  }), 5000, 'cluster nodes to start');
-  execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map(({ port }) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: 'ignore' });
-  await waitUntil(() => nodes.every(({ port }) => cli(port, 'CLUSTER', 'INFO').includes('cluster_state:ok')), 10_000, 'cluster_state:ok');
-  return {
+  const tlsArgs = tls ? ['--tls', '--cacert', new URL('../fixtures/tls/ca.crt', import.meta.url).pathname] : [];
+  const cli = (port, ...args) => execFileSync('redis-cli', [...tlsArgs, '-p', String(port), ...args], { encoding: 'utf8' });
+  const cluster = {
     nodes: nodes.map(({ port }) => ({ host: '127.0.0.1', port })),
     async stop() {
       await Promise.all(nodes.map(({ child }) => new Promise(resolve => {
@@ -402,4 +421,23 @@ export async function startRedisCluster() {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+  try {
+    await waitUntil(() => nodes.every(({ port }) => {
+      try {
+        return cli(port, 'PING').trim() === 'PONG';
+      } catch {
+        return false;
+      }
+    }), 5000, 'cluster nodes to start');
+    execFileSync('redis-cli', [...tlsArgs, '--cluster', 'create', ...nodes.map(({ port }) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+      stdio: 'ignore',
+      // It waits for the nodes to join, without limit.
+      timeout: 20_000,
+    });
+    await waitUntil(() => nodes.every(({ port }) => cli(port, 'CLUSTER', 'INFO').includes('cluster_state:ok')), 10_000, 'cluster_state:ok');
+  } catch (error) {
+    await cluster.stop();
+    throw error;
+  }
+  return cluster;
 }

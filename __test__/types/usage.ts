@@ -51,4 +51,10 @@ export async function emit(): Promise<void> {
   await emitter.configure();
   await emitter.toRoom({ room: 'r', event: 'e', data: 1, exclude: ['c'] });
   await emitter.shutdown();
+  const overTls = new WebSocketEmitter({
+    redisConnection: { host: 'redis.internal', port: 6380, tls: { ca: new TextEncoder().encode('pem'), rejectUnauthorized: true } },
+  });
+  await overTls.shutdown();
+  const cluster = new WebSocketEmitter({ redisConnection: { nodes: [{ host: 'a', port: 1 }], tls: true } });
+  await cluster.shutdown();
 }

@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use super::bridge::{DispatchFn, TsfnBridge};
 use super::to_js_error;
-use crate::broker::RedisTarget;
+use crate::broker::{RedisNodes, RedisTarget, RedisTls};
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::frame::text_frame;
@@ -41,21 +41,40 @@ pub struct NativeServerOptions {
     pub server_id: String,
 }
 
-/// A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` URLs
-/// (lib/redis-connection.js reads them from a RedisHelper, a URL or an options object).
+/// A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` or
+/// `rediss://` URLs, and TLS settings (lib/redis-connection.js reads them from a RedisHelper,
+/// a URL or an options object).
 #[napi(object)]
 pub struct RedisConnection {
     pub url: Option<String>,
     pub nodes: Option<Vec<String>>,
+    pub tls: Option<RedisTlsOptions>,
+}
+
+/// ioredis' `tls` option, reduced to what the bridge uses: PEM texts and whether the
+/// server's certificate is checked.
+#[napi(object)]
+pub struct RedisTlsOptions {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub reject_unauthorized: bool,
 }
 
 impl RedisConnection {
     pub(crate) fn into_target(self) -> Option<RedisTarget> {
-        match (self.url, self.nodes) {
-            (_, Some(nodes)) if !nodes.is_empty() => Some(RedisTarget::Cluster(nodes)),
-            (Some(url), _) => Some(RedisTarget::Single(url)),
-            _ => None,
-        }
+        let nodes = match (self.url, self.nodes) {
+            (_, Some(nodes)) if !nodes.is_empty() => RedisNodes::Cluster(nodes),
+            (Some(url), _) => RedisNodes::Single(url),
+            _ => return None,
+        };
+        let tls = self.tls.map(|tls| RedisTls {
+            ca: tls.ca,
+            cert: tls.cert,
+            key: tls.key,
+            insecure: !tls.reject_unauthorized,
+        });
+        Some(RedisTarget { nodes, tls })
     }
 }
 
