@@ -46,6 +46,17 @@ const SCENARIOS = [
     unitName: 'delivery',
   },
   {
+    // Two instances of the same implementation on one Redis: receivers on the second, the
+    // driver on the first asks for send() without destination (local delivery + PUBLISH).
+    // Server CPU is both processes'; Redis' own CPU is not counted.
+    name: 'cross',
+    instances: 2,
+    args: ['--clients', String(Math.round(1000 * scale)), '--rate', '50', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    // Receivers get it from the second instance, the driver from the first (local delivery).
+    units: c => c.result.requests_sent * (c.result.receivers + 1),
+    unitName: 'delivery',
+  },
+  {
     name: 'echo',
     args: ['--clients', '50', '--duration', quick ? '4' : '10', '--warmup', '2'],
     units: c => c.result.round_trips,
@@ -55,8 +66,9 @@ const SCENARIOS = [
 
 const IMPLEMENTATIONS = [
   { name: 'ts-helper (bun)', key: 'ts', command: redisPort => [bun, path.join(here, 'servers', 'ts-helper.js'), String(redisPort)] },
-  { name: 'native (node)', key: 'node', command: () => [process.execPath, path.join(here, 'servers', 'native.js')] },
-  { name: 'native (bun)', key: 'bun', command: () => [bun, path.join(here, 'servers', 'native.js')] },
+  // Standalone unless a scenario needs Redis (`instances` > 1).
+  { name: 'native (node)', key: 'node', command: redisPort => [process.execPath, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
+  { name: 'native (bun)', key: 'bun', command: redisPort => [bun, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
 ];
 
 function cpuSeconds(pid) {
@@ -95,7 +107,7 @@ async function stop(child) {
 
 const pinned = (core, command) => (core === null ? command : ['taskset', '-c', String(core), ...command]);
 
-async function runOnce(implementation, scenario, redisPort, { serverCore = 0, loadgenCore = 1 } = {}) {
+async function startServer(implementation, redisPort, serverCore) {
   const [command, ...commandArgs] = pinned(serverCore, implementation.command(redisPort));
   const server = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   let serverErrors = '';
@@ -111,13 +123,26 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     });
     server.once('exit', code => reject(new Error(`${implementation.name} exited (${code}): ${serverErrors}`)));
   });
+  return { child: server, port, pid };
+}
+
+async function runOnce(implementation, scenario, redisPort, { serverCore = 0, loadgenCore = 1 } = {}) {
+  const instances = scenario.instances ?? 1;
+  const servers = [];
+  for (let i = 0; i < instances; i++) {
+    servers.push(await startServer(implementation, instances > 1 || implementation.key === 'ts' ? redisPort : null, serverCore));
+  }
+  // Receivers connect to the last instance, the driver (cross) to the first.
+  const { port, pid } = servers.at(-1);
+  const driverArgs = instances > 1 ? ['--driver-url', `ws://127.0.0.1:${servers[0].port}/ws`] : [];
   await new Promise(resolve => setTimeout(resolve, 500));
   const rssStart = rssBytes(pid);
-  const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...scenario.args]);
+  const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...driverArgs, ...scenario.args]);
   const generator = spawn(lgCommand, lgArgs, { stdio: ['pipe', 'pipe', 'pipe'] });
   let generatorErrors = '';
   generator.stderr.on('data', chunk => (generatorErrors += chunk));
-  const sample = () => ({ at: performance.now(), server: cpuSeconds(pid), loadgen: cpuSeconds(generator.pid) });
+  const serversCpu = () => servers.reduce((sum, server) => sum + cpuSeconds(server.pid), 0);
+  const sample = () => ({ at: performance.now(), server: serversCpu(), loadgen: cpuSeconds(generator.pid) });
   const marks = {};
   const result = await new Promise((resolve, reject) => {
     lines(generator.stdout, line => {
@@ -139,7 +164,9 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     });
   });
   await stop(generator);
-  await stop(server);
+  for (const server of servers) {
+    await stop(server.child);
+  }
   const wall = (marks.end.at - marks.start.at) / 1000;
   return {
     result,

@@ -17,6 +17,10 @@ function benchmarkCallbacks(getHelper) {
         case 'bench:room':
           helper.sendToRoom({ room: data.room, event: 'tick', data });
           break;
+        case 'bench:send':
+          // No destination: delivered locally and published to Redis for the other instances.
+          helper.send({ payload: { topic: 'tick', data } });
+          break;
         case 'bench:client':
           helper.sendToClient({ clientId: data.to, event: 'tick', data });
           break;

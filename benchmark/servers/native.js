@@ -1,10 +1,12 @@
-// This package, standalone, on whichever runtime runs this file (node or bun).
+// This package on whichever runtime runs this file (node or bun): standalone, or on the
+// Redis at the port given as the first argument.
+// Usage: node|bun native.js [redisPort]
 const { WebSocketServerHelper } = require('../..');
 const { benchmarkCallbacks, ready } = require('./handlers');
 
 const helper = new WebSocketServerHelper({
   identifier: 'bench-native',
-  redisConnection: 'standalone',
+  redisConnection: process.argv[2] ? `redis://127.0.0.1:${process.argv[2]}` : 'standalone',
   host: '127.0.0.1',
   port: 0,
   logger: {}, // silenced, as the TypeScript helper's is

@@ -14,6 +14,8 @@
 //! - `connect`: `--clients` connections, `--concurrency` at a time, each until `connected`.
 //! - `fanout`: `--clients` receivers; a driver asks for a broadcast `--rate` times a second.
 //! - `rooms`: receivers spread over `--rooms` rooms; the driver asks for a room message.
+//! - `cross`: receivers on `--url`, the driver on another instance (`--driver-url`) asks it for
+//!   `send()` without destination, which reaches the receivers through Redis.
 //! - `echo`: every client in a closed loop through the server's `messageHandler`.
 
 use std::cell::{Cell, RefCell};
@@ -51,6 +53,8 @@ fn phase(name: &str) {
 struct Args {
     scenario: String,
     url: String,
+    /// Where the driver connects; `--url` unless given.
+    driver_url: Option<String>,
     clients: usize,
     concurrency: usize,
     rate: u64,
@@ -64,6 +68,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         scenario: String::new(),
         url: "ws://127.0.0.1:8080/ws".into(),
+        driver_url: None,
         clients: 100,
         concurrency: 50,
         rate: 100,
@@ -85,6 +90,7 @@ fn parse_args() -> Args {
         };
         match flag.as_str() {
             "--url" => args.url = value.clone(),
+            "--driver-url" => args.driver_url = Some(value.clone()),
             "--clients" => args.clients = number() as usize,
             "--concurrency" => args.concurrency = number().max(1) as usize,
             "--rate" => args.rate = number().max(1),
@@ -99,7 +105,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|echo [--url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES]");
+    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|cross|echo [--url U] [--driver-url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES]");
     std::process::exit(2)
 }
 
@@ -267,8 +273,23 @@ fn spawn_receiver(mut stream: Stream, window: Rc<Window>, tally: Rc<Tally>) {
     });
 }
 
-/// `fanout` and `rooms`: a driver asks the server for one message per tick at `--rate`.
-async fn fanout_scenario(args: &Args, rooms: Option<usize>) -> serde_json::Value {
+/// What the driver of a fan-out scenario asks for.
+#[derive(Clone, Copy)]
+enum Fanout {
+    /// `broadcast()` on the receivers' server.
+    Broadcast,
+    /// `sendToRoom()`, round robin over this many rooms.
+    Rooms(usize),
+    /// `send()` without destination on the driver's server, which publishes to Redis.
+    CrossInstance,
+}
+
+/// `fanout`, `rooms` and `cross`: a driver asks for one message per tick at `--rate`.
+async fn fanout_scenario(args: &Args, mode: Fanout) -> serde_json::Value {
+    let rooms = match mode {
+        Fanout::Rooms(rooms) => Some(rooms),
+        _ => None,
+    };
     let (connections, _, failures) = connect_many(args, args.clients, "r").await;
     let window = Rc::new(Window::default());
     let tally = Rc::new(Tally::default());
@@ -284,7 +305,8 @@ async fn fanout_scenario(args: &Args, rooms: Option<usize>) -> serde_json::Value
         spawn_receiver(stream, window.clone(), tally.clone());
         sinks.push(sink);
     }
-    let (mut driver, driver_stream) = connect_authenticated(&args.url, "driver")
+    let driver_url = args.driver_url.as_deref().unwrap_or(&args.url);
+    let (mut driver, driver_stream) = connect_authenticated(driver_url, "driver")
         .await
         .unwrap_or_else(|error| panic!("driver could not connect: {error}"));
     // The driver is authenticated too, so broadcasts reach it; read and drop them.
@@ -330,7 +352,11 @@ async fn fanout_scenario(args: &Args, rooms: Option<usize>) -> serde_json::Value
                 if window.contains(t) {
                     expected += sinks.len() as u64;
                 }
-                format!(r#"{{"event":"bench:broadcast","data":{{"t":{t},"pad":"{pad}"}}}}"#)
+                let event = match mode {
+                    Fanout::CrossInstance => "bench:send",
+                    _ => "bench:broadcast",
+                };
+                format!(r#"{{"event":"{event}","data":{{"t":{t},"pad":"{pad}"}}}}"#)
             }
         };
         if window.contains(t) {
@@ -425,8 +451,9 @@ fn main() {
         let run = async {
             match args.scenario.as_str() {
                 "connect" => connect_scenario(&args).await,
-                "fanout" => fanout_scenario(&args, None).await,
-                "rooms" => fanout_scenario(&args, Some(args.rooms)).await,
+                "fanout" => fanout_scenario(&args, Fanout::Broadcast).await,
+                "rooms" => fanout_scenario(&args, Fanout::Rooms(args.rooms)).await,
+                "cross" => fanout_scenario(&args, Fanout::CrossInstance).await,
                 "echo" => echo_scenario(&args).await,
                 other => usage(&format!("unknown scenario {other}")),
             }
