@@ -62,6 +62,13 @@ export declare class NativeServer {
    * convention).
    */
   socketSend(clientId: string, data: string): number
+  /** What `outboundTransformer` produced for an encrypted client: sent as it is. */
+  sendTransformed(clientId: string, message: string): void
+  /**
+   * `enableClientEncryption`: irreversible; false for an unknown or already encrypted
+   * client. Waits for earlier sends, which were meant for the client as it was.
+   */
+  enableClientEncryption(clientId: string): boolean
   /** `socket.close(code, reason)`: starts the close handshake with a real close frame. */
   socketClose(clientId: string, code: number, reason: string): boolean
 }
@@ -74,6 +81,8 @@ export interface ClientInfo {
   rooms: Array<string>
   backpressured: boolean
   encrypted: boolean
+  serverPublicKey?: string
+  salt?: string
   connectedAt: number
   lastActivity: number
   remoteAddress: string
@@ -95,6 +104,9 @@ export interface NativeServerOptions {
   hasValidateRoomFn: boolean
   hasMessageHandler: boolean
   hasClientConnectedFn: boolean
+  requireEncryption: boolean
+  hasHandshakeFn: boolean
+  hasOutboundTransformer: boolean
   /** Bits: 1 debug, 2 info, 4 warn, 8 error. */
   logLevels: number
   /** Absent: standalone. */

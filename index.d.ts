@@ -321,9 +321,9 @@ export interface IWebSocketServerOptions<
    * `messageHandler` to settle before it logs and handles its next message. Default `15000`.
    */
   callbackTimeout?: number;
-  /** Not implemented yet. Default `10`. */
+  /** Transformer calls one room/broadcast message may have in flight. Default `10`. */
   encryptedBatchLimit?: number;
-  /** Not implemented yet: `true` makes `configure()` reject. Default `false`. */
+  /** Authentication also needs `handshakeFn` to succeed, else close 4004. Default `false`. */
   requireEncryption?: boolean;
   /** Where log lines go. Default: the console, with `[identifier]` as prefix; debug lines only with `DEBUG=ignis-native-ws`. */
   logger?: IWebSocketLogger;
@@ -337,9 +337,13 @@ export interface IWebSocketServerOptions<
   clientDisconnectedFn?: TWebSocketClientDisconnectedFn;
   /** Called for every non-system event of an authenticated client, one at a time per connection. */
   messageHandler?: TWebSocketMessageHandler;
-  /** Not implemented yet: setting it makes `configure()` reject. */
+  /**
+   * Runs for every message to an encrypted client (only those), in send order per client;
+   * `null` sends the original. A throw, rejection or `callbackTimeout` drops that message
+   * for that client.
+   */
   outboundTransformer?: TWebSocketOutboundTransformer<unknown, MetadataType>;
-  /** Not implemented yet: setting it makes `configure()` reject. */
+  /** With `requireEncryption`: key exchange after `authenticateFn`; its keys go in `connected`. */
   handshakeFn?: TWebSocketHandshakeFn<AuthDataType>;
 }
 
@@ -384,7 +388,7 @@ export declare class WebSocketServerHelper<
 
   joinRoom(opts: { clientId: string; room: string }): void;
   leaveRoom(opts: { clientId: string; room: string }): void;
-  /** Not implemented yet: throws. */
+  /** Irreversible: the client's messages go through `outboundTransformer` from now on. */
   enableClientEncryption(opts: { clientId: string }): void;
 
   sendToClient(opts: { clientId: string; event: string; data: unknown; doLog?: boolean }): void;

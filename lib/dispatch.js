@@ -19,6 +19,8 @@ const CLIENT_DISCONNECTED = 5;
 const DISCARD = 6;
 const LOG = 7;
 const REDIS_STATUS = 8;
+const HANDSHAKE = 9;
+const TRANSFORM = 10;
 
 // Answer row states, as src/dispatch.rs reads them.
 const RESOLVED = 0;
@@ -47,8 +49,10 @@ class CallbackDispatcher {
    * @param {object} opts.logger { debug, info, warn, error }, each (text) => void
    * @param {Map<string, unknown>} opts.metadata clientId -> metadata returned by authenticateFn
    * @param {number} opts.callbackTimeout ms a messageHandler Promise may hold its connection's later messages
+   * @param {{ run(message: object, clientIds: string[]): void } | null} opts.transforms the outboundTransformer runner
    */
-  constructor({ callbacks, logger, metadata, callbackTimeout }) {
+  constructor({ callbacks, logger, metadata, callbackTimeout, transforms = null }) {
+    this.transforms = transforms;
     this.callbacks = callbacks;
     this.logger = logger;
     this.metadata = metadata;
@@ -154,6 +158,28 @@ class CallbackDispatcher {
       case LOG: {
         const [, , level, text] = call;
         this.logger[level](text);
+        return;
+      }
+      case HANDSHAKE: {
+        const [, , clientId, userId, data] = call;
+        this.run(
+          token,
+          answers,
+          () => callbacks.handshakeFn({ clientId, userId: userId ?? undefined, data: data ?? {} }),
+          // Falsy rejects the client (4004); otherwise the keys the `connected` event carries.
+          result =>
+            result
+              ? {
+                  serverPublicKey: result.serverPublicKey == null ? null : String(result.serverPublicKey),
+                  salt: result.salt == null ? null : String(result.salt),
+                }
+              : false,
+        );
+        return;
+      }
+      case TRANSFORM: {
+        const [, , message, clientIds] = call;
+        this.transforms?.run(message, clientIds);
         return;
       }
       case REDIS_STATUS: {

@@ -59,15 +59,6 @@ function parseServerOptions(opts, { logLevels }) {
   if (typeof opts.authenticateFn !== 'function') {
     throw new OptionError('authenticateFn', 'a function is required');
   }
-  if (opts.requireEncryption) {
-    throw new OptionError('requireEncryption', 'per-client encryption is not implemented in this version yet');
-  }
-  if (opts.outboundTransformer || opts.handshakeFn) {
-    throw new OptionError(
-      opts.outboundTransformer ? 'outboundTransformer' : 'handshakeFn',
-      'per-client encryption is not implemented in this version yet',
-    );
-  }
   const serverOptions = opts.serverOptions ?? {};
   if (typeof serverOptions !== 'object') {
     throw new OptionError('serverOptions', 'expected an object');
@@ -83,7 +74,15 @@ function parseServerOptions(opts, { logLevels }) {
     clientConnectedFn: optionalFunction(opts.clientConnectedFn, 'clientConnectedFn'),
     clientDisconnectedFn: optionalFunction(opts.clientDisconnectedFn, 'clientDisconnectedFn'),
     messageHandler: optionalFunction(opts.messageHandler, 'messageHandler'),
+    handshakeFn: optionalFunction(opts.handshakeFn, 'handshakeFn'),
+    outboundTransformer: optionalFunction(opts.outboundTransformer, 'outboundTransformer'),
   };
+  // Not sent to Rust: the transformer runs in JS (lib/transforms.js).
+  const encryptedBatchLimit = integer(opts.encryptedBatchLimit, 'encryptedBatchLimit', {
+    min: 1,
+    max: 1_000_000,
+    fallback: WebSocketDefaults.ENCRYPTED_BATCH_LIMIT,
+  });
   const native = {
     host,
     port: integer(opts.port, 'port', { min: 0, max: 65_535, fallback: DEFAULT_PORT }),
@@ -119,9 +118,12 @@ function parseServerOptions(opts, { logLevels }) {
     hasValidateRoomFn: Boolean(callbacks.validateRoomFn),
     hasMessageHandler: Boolean(callbacks.messageHandler),
     hasClientConnectedFn: Boolean(callbacks.clientConnectedFn),
+    requireEncryption: Boolean(opts.requireEncryption),
+    hasHandshakeFn: Boolean(callbacks.handshakeFn),
+    hasOutboundTransformer: Boolean(callbacks.outboundTransformer),
     logLevels,
   };
-  return { native, callbacks };
+  return { native, callbacks, encryptedBatchLimit };
 }
 
 module.exports = { STANDALONE, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_CALLBACK_TIMEOUT, OptionError, parseServerOptions };

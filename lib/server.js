@@ -11,6 +11,7 @@ const { CallbackDispatcher } = require('./dispatch');
 const { createLogger } = require('./logger');
 const { STANDALONE, parseServerOptions } = require('./options');
 const { parseRedisConnection } = require('./redis-connection');
+const { OutboundTransforms } = require('./transforms');
 
 /** The TypeScript helper waits this long for Redis, with this error text. */
 const DEFAULT_REDIS_READY_TIMEOUT = 30_000;
@@ -60,13 +61,26 @@ class WebSocketServerHelper {
       return;
     }
     this.logger.info(`Configuring WebSocket Server | id: ${this.identifier}`);
-    const { native: nativeOptions, callbacks } = parseServerOptions(this.options, { logLevels: this.logger.levelBits });
+    const { native: nativeOptions, callbacks, encryptedBatchLimit } = parseServerOptions(this.options, {
+      logLevels: this.logger.levelBits,
+    });
+    const transforms = callbacks.outboundTransformer
+      ? new OutboundTransforms({
+          transformer: callbacks.outboundTransformer,
+          batchLimit: encryptedBatchLimit,
+          timeout: nativeOptions.callbackTimeout,
+          logger: this.logger,
+          clientOf: clientId => this.getClients({ id: clientId }),
+          deliver: (clientId, text) => this.native?.sendTransformed(clientId, text),
+        })
+      : null;
     const redisReadyTimeout = this.options.redisReadyTimeout ?? DEFAULT_REDIS_READY_TIMEOUT;
     const dispatcher = new CallbackDispatcher({
       callbacks: { ...callbacks, redisStatusFn: this.options.redisStatusFn },
       logger: this.logger,
       metadata: this.metadata,
       callbackTimeout: nativeOptions.callbackTimeout,
+      transforms,
     });
     const native = new NativeServer(
       { ...nativeOptions, redis: this.redis ?? undefined, serverId: this.serverId },
@@ -211,8 +225,12 @@ class WebSocketServerHelper {
     this.native?.leaveRoom(clientId, room);
   }
 
-  enableClientEncryption() {
-    throw new Error(`[${SCOPE}] enableClientEncryption: per-client encryption is not implemented in this version yet`);
+  /**
+   * From now on messages to this client go through `outboundTransformer` (irreversible).
+   * No-op for an unknown or already encrypted client.
+   */
+  enableClientEncryption({ clientId }) {
+    this.native?.enableClientEncryption(clientId);
   }
 
   /** With `{ id }`: that client or undefined. Otherwise a Map of every client (a snapshot). */
@@ -249,8 +267,8 @@ class WebSocketServerHelper {
       connectedAt: info.connectedAt,
       lastActivity: info.lastActivity,
       metadata: this.metadata.get(info.id),
-      serverPublicKey: undefined,
-      salt: undefined,
+      serverPublicKey: info.serverPublicKey ?? undefined,
+      salt: info.salt ?? undefined,
     };
   }
 

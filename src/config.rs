@@ -28,6 +28,11 @@ pub struct ServerConfig {
     pub has_validate_room_fn: bool,
     pub has_message_handler: bool,
     pub has_client_connected_fn: bool,
+    /// Authentication also needs a successful `handshakeFn` (else close 4004).
+    pub require_encryption: bool,
+    pub has_handshake_fn: bool,
+    /// Messages to encrypted clients go through JS's `outboundTransformer`.
+    pub has_outbound_transformer: bool,
     /// `LogLevel::bit()`s of the levels the JS logger takes; lines of other levels are
     /// neither formatted nor sent.
     pub log_levels: u8,
@@ -54,6 +59,9 @@ impl Default for ServerConfig {
             has_validate_room_fn: false,
             has_message_handler: false,
             has_client_connected_fn: false,
+            require_encryption: false,
+            has_handshake_fn: false,
+            has_outbound_transformer: false,
             log_levels: 0b1111,
             redis: None,
             server_id: String::new(),

@@ -23,7 +23,7 @@ use crate::config::{CLOSE_GRACE, HANDSHAKE_TIMEOUT};
 use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, MessageFlow, Outcome, PendingCall};
 use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
 use crate::handshake::{self, Decision, Rejection};
-use crate::hub::{AuthStart, ClientHandle, ClientId};
+use crate::hub::{AuthStart, ClientHandle, ClientId, Encryption};
 use crate::protocol::{self, Inbound, InboundError, RoomRequest};
 use crate::server::{now_ms, Core};
 
@@ -482,6 +482,18 @@ impl Session {
         Instant::now() + self.core.config.callback_timeout
     }
 
+    /// A callback of the authentication did not settle within `authTimeout * 3` (unless the
+    /// connection is closing anyway): 4001.
+    fn authentication_window_over(&mut self) {
+        if self.close_deadline.is_none() {
+            self.core.log(
+                LogLevel::Warn,
+                format_args!("Auth in-progress timeout | id: {}", self.id()),
+            );
+            self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
+        }
+    }
+
     async fn authenticate(&mut self, data: &str) {
         match self.core.hub.begin_authentication(self.id()) {
             AuthStart::Started => {}
@@ -499,14 +511,7 @@ impl Session {
             data,
         });
         let Some(outcome) = self.wait_for(&mut call, deadline, "authenticateFn").await else {
-            if self.close_deadline.is_none() {
-                self.core.log(
-                    LogLevel::Warn,
-                    format_args!("Auth in-progress timeout | id: {id}"),
-                );
-                self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
-            }
-            return;
+            return self.authentication_window_over();
         };
         let (user_id, keep_metadata) = match outcome {
             Err(error) => {
@@ -536,6 +541,18 @@ impl Session {
             }
         };
         let auth_token = call.token;
+        if self.core.config.require_encryption {
+            // Encrypted before it joins any index, so no plain message can reach it.
+            let Some(encryption) = self.handshake(user_id.as_deref(), data, deadline).await else {
+                if keep_metadata {
+                    self.core
+                        .dispatcher
+                        .notify(JsNotice::Discard { token: auth_token });
+                }
+                return;
+            };
+            self.handle.enable_encryption(encryption);
+        }
         let accepted = !self.handle.is_closing()
             && self.core.hub.complete_authentication(
                 &id,
@@ -553,13 +570,16 @@ impl Session {
         self.authenticated = true;
         self.user_id = user_id;
         let user = self.user_id.clone();
-        let connected = protocol::connected_message(&id, user.as_deref(), now_ms());
+        // Sent as it is, never through the transformer: the client needs the keys in it.
+        let connected =
+            protocol::connected_message(&id, user.as_deref(), now_ms(), self.handle.encryption());
         self.handle.send(frame::text_frame(&connected));
         self.core.log(
             LogLevel::Info,
             format_args!(
-                "Authenticated | id: {id} | userId: {} | encrypted: false",
-                user.as_deref().unwrap_or("anonymous")
+                "Authenticated | id: {id} | userId: {} | encrypted: {}",
+                user.as_deref().unwrap_or("anonymous"),
+                self.handle.is_encrypted()
             ),
         );
         if !keep_metadata && !self.core.config.has_client_connected_fn {
@@ -581,6 +601,61 @@ impl Session {
                 format_args!("clientConnectedFn error | id: {id} | error: {error}"),
             );
         }
+    }
+
+    /// `requireEncryption`: runs `handshakeFn` after a successful `authenticateFn`. `None`
+    /// when the connection is being closed instead (4004, or 4001 past `deadline`).
+    async fn handshake(
+        &mut self,
+        user_id: Option<&str>,
+        data: &str,
+        deadline: Instant,
+    ) -> Option<Encryption> {
+        let id = self.handle.id.clone();
+        if !self.core.config.has_handshake_fn {
+            self.core.log(
+                LogLevel::Error,
+                format_args!("requireEncryption is true but no handshakeFn configured | id: {id}"),
+            );
+            self.close(close_code::ENCRYPTION_REQUIRED, "Encryption required");
+            return None;
+        }
+        let mut call = self.core.dispatcher.call(JsCall::Handshake {
+            client_id: &id,
+            user_id,
+            data,
+        });
+        let Some(outcome) = self.wait_for(&mut call, deadline, "handshakeFn").await else {
+            self.authentication_window_over();
+            return None;
+        };
+        // The JS dispatcher answers `false` for a falsy result, else the two keys.
+        let keys = match outcome {
+            Ok(Value::Object(keys)) => keys,
+            Ok(_) => {
+                self.core.log(
+                    LogLevel::Info,
+                    format_args!("Handshake rejected | id: {id}"),
+                );
+                self.send_error(protocol::ERR_HANDSHAKE_FAILED);
+                self.close(close_code::ENCRYPTION_REQUIRED, "Encryption required");
+                return None;
+            }
+            Err(error) => {
+                self.core.log(
+                    LogLevel::Error,
+                    format_args!("Handshake error | id: {id} | error: {error}"),
+                );
+                self.send_error(protocol::ERR_HANDSHAKE_FAILED);
+                self.close(close_code::ENCRYPTION_REQUIRED, "Encryption required");
+                return None;
+            }
+        };
+        let text = |name: &str| keys.get(name).and_then(Value::as_str).map(str::to_string);
+        Some(Encryption {
+            server_public_key: text("serverPublicKey"),
+            salt: text("salt"),
+        })
     }
 
     async fn join(&mut self, request: RoomRequest) {

@@ -59,6 +59,12 @@ pub enum JsCall<'a> {
         user_id: Option<&'a str>,
         auth_token: u64,
     },
+    Handshake {
+        client_id: &'a str,
+        user_id: Option<&'a str>,
+        /// Raw JSON of the authenticate message's `data`.
+        data: &'a str,
+    },
 }
 
 /// Fire-and-forget notices.
@@ -79,6 +85,13 @@ pub enum JsNotice<'a> {
     RedisStatus {
         status: &'a str,
         detail: Option<&'a str>,
+    },
+    /// Run `outboundTransformer` for each encrypted recipient of a message and send the
+    /// results (JS keeps each client's messages in order).
+    Transform {
+        /// The `{ event, data }` JSON text.
+        message: &'a str,
+        clients: &'a [Arc<str>],
     },
 }
 
@@ -121,6 +134,8 @@ mod kind {
     pub const DISCARD: u8 = 6;
     pub const LOG: u8 = 7;
     pub const REDIS_STATUS: u8 = 8;
+    pub const HANDSHAKE: u8 = 9;
+    pub const TRANSFORM: u8 = 10;
 }
 
 fn opt_string(value: Option<&str>) -> String {
@@ -157,6 +172,16 @@ fn encode_call(token: u64, call: &JsCall<'_>) -> String {
             json_string(client_id),
             opt_string(*user_id)
         ),
+        JsCall::Handshake {
+            client_id,
+            user_id,
+            data,
+        } => format!(
+            "[{},{token},{},{},{data}]",
+            kind::HANDSHAKE,
+            json_string(client_id),
+            opt_string(*user_id)
+        ),
     }
 }
 
@@ -178,6 +203,14 @@ fn encode_notice(notice: &JsNotice<'_>) -> String {
             opt_string(*user_id)
         ),
         JsNotice::Discard { token } => format!("[{},0,{token}]", kind::DISCARD),
+        JsNotice::Transform { message, clients } => {
+            let ids: Vec<&str> = clients.iter().map(|id| &**id).collect();
+            format!(
+                "[{},0,{message},{}]",
+                kind::TRANSFORM,
+                serde_json::to_string(&ids).expect("strings serialise")
+            )
+        }
         JsNotice::RedisStatus { status, detail } => format!(
             "[{},0,{},{}]",
             kind::REDIS_STATUS,
@@ -628,6 +661,14 @@ mod tests {
         assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
         let row = encode_message(8, "c", Some("u"), r#"{"event":"x"}"#);
         assert_eq!(row, r#"[4,8,"c","u",{"event":"x"}]"#);
+        let clients: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
+        assert_eq!(
+            encode_notice(&JsNotice::Transform {
+                message: r#"{"event":"e","data":1}"#,
+                clients: &clients
+            }),
+            r#"[10,0,{"event":"e","data":1},["a","b"]]"#
+        );
         assert_eq!(
             encode_notice(&JsNotice::Log {
                 level: LogLevel::Warn,

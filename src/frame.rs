@@ -25,6 +25,17 @@ pub mod close_code {
     pub const AUTH_TIMEOUT: u16 = 4001;
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
     pub const AUTH_FAILED: u16 = 4003;
+    pub const ENCRYPTION_REQUIRED: u16 = 4004;
+}
+
+/// The text of a (complete, unmasked) text frame built by [`text_frame`].
+pub fn text_payload(frame: &[u8]) -> Option<&str> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    std::str::from_utf8(frame.get(header..)?).ok()
 }
 
 /// One decoded frame, payload already unmasked.

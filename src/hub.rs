@@ -6,12 +6,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::frame::{close_code, close_frame};
+use crate::frame::{close_code, close_frame, text_payload};
 use crate::outbox::{Outbox, Push};
 
 pub type ClientId = Arc<str>;
@@ -46,6 +46,23 @@ pub struct ClientHandle {
     close_on_backpressure_limit: bool,
     /// Signalled once when a close frame is queued, so the reader stops routing messages.
     close_started: Notify,
+    /// Set once, never cleared: encryption cannot be turned off for a connection.
+    encryption: OnceLock<Encryption>,
+}
+
+/// A client's encryption, from `handshakeFn` (keys) or `enableClientEncryption` (none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encryption {
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
+}
+
+/// Where messages for encrypted clients go instead of their sockets: the application's
+/// `outboundTransformer`. Only installed when one is configured; without it encrypted
+/// clients get the shared frame like everyone else.
+pub trait EncryptedDelivery: Send + Sync {
+    /// `message`: the `{ event, data }` JSON text; `clients`: its encrypted recipients.
+    fn transform(&self, message: &str, clients: Vec<ClientId>);
 }
 
 impl ClientHandle {
@@ -64,7 +81,21 @@ impl ClientHandle {
             outbox: Outbox::new(backpressure_limit),
             close_on_backpressure_limit,
             close_started: Notify::new(),
+            encryption: OnceLock::new(),
         }
+    }
+
+    /// Marks the connection encrypted. False when it already was (the first keys stay).
+    pub fn enable_encryption(&self, encryption: Encryption) -> bool {
+        self.encryption.set(encryption).is_ok()
+    }
+
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.get()
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.get().is_some()
     }
 
     pub fn send(&self, frame: Bytes) -> Push {
@@ -110,7 +141,6 @@ struct Entry {
     state: ClientState,
     user_id: Option<Arc<str>>,
     rooms: HashSet<Arc<str>>,
-    encrypted: bool,
 }
 
 /// A copy of one client's fields, for `getClients()` and friends.
@@ -122,6 +152,8 @@ pub struct ClientSnapshot {
     pub rooms: Vec<String>,
     pub backpressured: bool,
     pub encrypted: bool,
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
     pub connected_at: u64,
     pub last_activity: u64,
     pub remote_address: String,
@@ -154,6 +186,7 @@ struct Index {
 #[derive(Default)]
 pub struct Hub {
     index: RwLock<Index>,
+    encrypted_delivery: OnceLock<Arc<dyn EncryptedDelivery>>,
 }
 
 /// `exclude` lists are usually a handful of ids; a set only pays off for long ones.
@@ -222,7 +255,6 @@ impl Hub {
             state: ClientState::Unauthorized,
             user_id: None,
             rooms: HashSet::new(),
-            encrypted: false,
         };
         self.write().clients.insert(handle.id.clone(), entry);
     }
@@ -378,13 +410,16 @@ impl Hub {
     }
 
     fn snapshot_of(entry: &Entry) -> ClientSnapshot {
+        let encryption = entry.handle.encryption();
         ClientSnapshot {
             id: entry.handle.id.to_string(),
             user_id: entry.user_id.as_deref().map(str::to_string),
             state: entry.state,
             rooms: entry.rooms.iter().map(|room| room.to_string()).collect(),
             backpressured: entry.handle.outbox().is_backpressured(),
-            encrypted: entry.encrypted,
+            encrypted: encryption.is_some(),
+            server_public_key: encryption.and_then(|e| e.server_public_key.clone()),
+            salt: encryption.and_then(|e| e.salt.clone()),
             connected_at: entry.handle.connected_at,
             last_activity: entry.handle.last_activity(),
             remote_address: entry.handle.remote_address.clone(),
@@ -421,19 +456,65 @@ impl Hub {
         Self::snapshots_of(&index, index.rooms.get(room))
     }
 
+    /// Sends what reaches encrypted clients through `delivery` from now on.
+    pub fn set_encrypted_delivery(&self, delivery: Arc<dyn EncryptedDelivery>) {
+        let _ = self.encrypted_delivery.set(delivery);
+    }
+
+    /// Marks a client encrypted (`enableClientEncryption`). False for an unknown client or
+    /// one that already is.
+    pub fn enable_encryption(&self, id: &str, encryption: Encryption) -> bool {
+        self.handle(id)
+            .is_some_and(|handle| handle.enable_encryption(encryption))
+    }
+
+    /// Hands a message for encrypted recipients to the transformer.
+    fn transform(&self, frame: &Bytes, clients: Vec<ClientId>) {
+        if let (Some(delivery), Some(message)) =
+            (self.encrypted_delivery.get(), text_payload(frame))
+        {
+            delivery.transform(message, clients);
+        }
+    }
+
+    /// Queues a frame for one client without the transformer (`socket.send`, and what the
+    /// transformer produced).
+    pub fn send_as_is(&self, id: &str, frame: Bytes) -> Option<Push> {
+        Some(self.handle(id)?.send(frame))
+    }
+
     pub fn send_to_client(&self, id: &str, frame: Bytes) -> Option<Push> {
         let handle = self.handle(id)?;
+        if handle.is_encrypted() && self.encrypted_delivery.get().is_some() {
+            self.transform(&frame, vec![handle.id.clone()]);
+            // Sent once the transformer is done; what Bun's send() would report for it.
+            return Some(Push::Queued(frame.len()));
+        }
         Some(handle.send(frame))
     }
 
-    fn deliver(members: Option<&Members>, frame: &Bytes, exclude: &[String]) -> usize {
+    /// Queues the shared frame for every plain member; encrypted members (when a transformer
+    /// is configured) are collected for it instead. Returns how many were reached.
+    fn deliver(
+        &self,
+        members: Option<&Members>,
+        frame: &Bytes,
+        exclude: &[String],
+    ) -> (usize, Vec<ClientId>) {
         let Some(members) = members else {
-            return 0;
+            return (0, Vec::new());
         };
+        let transforming = self.encrypted_delivery.get().is_some();
         let exclusions = Exclusions::new(exclude);
         let mut delivered = 0;
+        let mut encrypted = Vec::new();
         for (id, handle) in members {
             if !exclude.is_empty() && exclusions.contains(id) {
+                continue;
+            }
+            if transforming && handle.is_encrypted() {
+                encrypted.push(id.clone());
+                delivered += 1;
                 continue;
             }
             if matches!(
@@ -443,20 +524,38 @@ impl Hub {
                 delivered += 1;
             }
         }
+        (delivered, encrypted)
+    }
+
+    /// Delivers to `members` of the index, then hands the encrypted ones to the transformer
+    /// outside the lock.
+    fn deliver_to(
+        &self,
+        members: impl FnOnce(&Index) -> Option<&Members>,
+        frame: &Bytes,
+        exclude: &[String],
+    ) -> usize {
+        let (delivered, encrypted) = {
+            let index = self.read();
+            self.deliver(members(&index), frame, exclude)
+        };
+        if !encrypted.is_empty() {
+            self.transform(frame, encrypted);
+        }
         delivered
     }
 
-    /// Returns how many clients the frame was queued for.
+    /// Returns how many clients the frame was queued (or handed to the transformer) for.
     pub fn send_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
-        Self::deliver(self.read().users.get(user_id), frame, &[])
+        self.deliver_to(|index| index.users.get(user_id), frame, &[])
     }
 
     pub fn send_to_room(&self, room: &str, frame: &Bytes, exclude: &[String]) -> usize {
-        Self::deliver(self.read().rooms.get(room), frame, exclude)
+        self.deliver_to(|index| index.rooms.get(room), frame, exclude)
     }
 
     pub fn broadcast(&self, frame: &Bytes, exclude: &[String]) -> usize {
-        Self::deliver(Some(&self.read().authenticated), frame, exclude)
+        self.deliver_to(|index| Some(&index.authenticated), frame, exclude)
     }
 
     pub fn clear(&self) {

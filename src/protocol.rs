@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::hub::Encryption;
+
 pub const EVENT_AUTHENTICATE: &str = "authenticate";
 pub const EVENT_CONNECTED: &str = "connected";
 pub const EVENT_JOIN: &str = "join";
@@ -25,6 +27,7 @@ pub const ERR_NOT_AUTHENTICATED: &str = "Not authenticated";
 pub const ERR_ALREADY_AUTHENTICATED: &str = "Already authenticated";
 pub const ERR_AUTH_FAILED: &str = "Authentication failed";
 pub const ERR_AUTH_ERROR: &str = "Authentication error";
+pub const ERR_HANDSHAKE_FAILED: &str = "Encryption handshake failed";
 
 /// A client message, classified. Borrowed from the frame text, so classifying costs one
 /// validating parse and no copies.
@@ -132,12 +135,31 @@ pub fn error_message(message: &str) -> String {
 
 /// `JSON.stringify({ event: 'connected', data: { id, userId, time } })`, with `userId`
 /// omitted when absent, as JSON.stringify omits `undefined`.
-pub fn connected_message(client_id: &str, user_id: Option<&str>, time_ms: u64) -> String {
+pub fn connected_message(
+    client_id: &str,
+    user_id: Option<&str>,
+    time_ms: u64,
+    encryption: Option<&Encryption>,
+) -> String {
     let user = user_id
         .map(|user| format!(r#","userId":{}"#, json_string(user)))
         .unwrap_or_default();
+    // As the TypeScript helper: the keys travel when the handshake gave a public key.
+    let keys = match encryption {
+        Some(Encryption {
+            server_public_key: Some(key),
+            salt,
+        }) => format!(
+            r#","serverPublicKey":{},"salt":{}"#,
+            json_string(key),
+            salt.as_deref()
+                .map(json_string)
+                .unwrap_or_else(|| "null".into())
+        ),
+        _ => String::new(),
+    };
     format!(
-        r#"{{"event":"{EVENT_CONNECTED}","data":{{"id":{}{user},"time":"{}"}}}}"#,
+        r#"{{"event":"{EVENT_CONNECTED}","data":{{"id":{}{user},"time":"{}"{keys}}}}}"#,
         json_string(client_id),
         iso_time(time_ms)
     )
@@ -300,12 +322,25 @@ mod tests {
             r#"{"event":"error","data":{"message":"Not authenticated"}}"#
         );
         assert_eq!(
-            connected_message("c1", Some("u\"1"), 0),
+            connected_message("c1", Some("u\"1"), 0, None),
             r#"{"event":"connected","data":{"id":"c1","userId":"u\"1","time":"1970-01-01T00:00:00.000Z"}}"#
         );
         assert_eq!(
-            connected_message("c1", None, 1_700_000_000_123),
+            connected_message("c1", None, 1_700_000_000_123, None),
             r#"{"event":"connected","data":{"id":"c1","time":"2023-11-14T22:13:20.123Z"}}"#
+        );
+        let keys = Encryption {
+            server_public_key: Some("pk".into()),
+            salt: Some("s".into()),
+        };
+        assert_eq!(
+            connected_message("c1", None, 0, Some(&keys)),
+            r#"{"event":"connected","data":{"id":"c1","time":"1970-01-01T00:00:00.000Z","serverPublicKey":"pk","salt":"s"}}"#
+        );
+        // Enabled without a handshake: nothing to announce.
+        assert_eq!(
+            connected_message("c1", None, 0, Some(&Encryption::default())),
+            connected_message("c1", None, 0, None)
         );
         assert_eq!(json_string("a\u{1}\n\u{2028}"), "\"a\\u0001\\n\u{2028}\"");
     }

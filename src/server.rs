@@ -14,7 +14,7 @@ use crate::connection;
 use crate::dispatch::{Dispatcher, JsBridge, JsNotice, LogLevel, Outcome};
 use crate::error::Error;
 use crate::frame::{close_code, text_frame};
-use crate::hub::Hub;
+use crate::hub::{ClientId, EncryptedDelivery, Hub};
 use crate::outbox::Push;
 use crate::sender::{self, Sender};
 
@@ -51,6 +51,18 @@ impl Core {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Messages for encrypted clients go to JS's `outboundTransformer`, in delivery order.
+struct TransformInJs(Arc<Dispatcher>);
+
+impl EncryptedDelivery for TransformInJs {
+    fn transform(&self, message: &str, clients: Vec<ClientId>) {
+        self.0.notify(JsNotice::Transform {
+            message,
+            clients: &clients,
+        });
     }
 }
 
@@ -118,6 +130,10 @@ impl Server {
             );
             let _ = core.broker.set(broker);
         }
+        if core.config.has_outbound_transformer {
+            core.hub
+                .set_encrypted_delivery(Arc::new(TransformInJs(core.dispatcher.clone())));
+        }
         let mut stop_sender = core.stop.subscribe();
         let tasks = vec![
             tokio::spawn(accept_loop(core.clone(), listener)),
@@ -164,12 +180,13 @@ impl Server {
         self.core.is_shutting_down()
     }
 
-    /// `socket.send(data)` of one client: a text frame, Bun's return convention.
+    /// `socket.send(data)` of one client, or a message the transformer produced for it:
+    /// a text frame as it is (never transformed), Bun's return convention.
     pub fn send_text(&self, client_id: &str, text: &str) -> i64 {
         let frame = text_frame(text);
         self.core
             .sender
-            .now(|hub| hub.send_to_client(client_id, frame))
+            .now(|hub| hub.send_as_is(client_id, frame))
             .unwrap_or(Push::Closed)
             .as_bun_send_result()
     }

@@ -34,6 +34,9 @@ pub struct NativeServerOptions {
     pub has_validate_room_fn: bool,
     pub has_message_handler: bool,
     pub has_client_connected_fn: bool,
+    pub require_encryption: bool,
+    pub has_handshake_fn: bool,
+    pub has_outbound_transformer: bool,
     /// Bits: 1 debug, 2 info, 4 warn, 8 error.
     pub log_levels: u32,
     /// Absent: standalone.
@@ -96,6 +99,9 @@ impl From<NativeServerOptions> for ServerConfig {
             has_validate_room_fn: options.has_validate_room_fn,
             has_message_handler: options.has_message_handler,
             has_client_connected_fn: options.has_client_connected_fn,
+            require_encryption: options.require_encryption,
+            has_handshake_fn: options.has_handshake_fn,
+            has_outbound_transformer: options.has_outbound_transformer,
             log_levels: options.log_levels as u8,
             redis: options.redis.and_then(RedisConnection::into_target),
             server_id: options.server_id,
@@ -112,6 +118,8 @@ pub struct ClientInfo {
     pub rooms: Vec<String>,
     pub backpressured: bool,
     pub encrypted: bool,
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
     pub connected_at: f64,
     pub last_activity: f64,
     pub remote_address: String,
@@ -126,6 +134,8 @@ impl From<ClientSnapshot> for ClientInfo {
             rooms: snapshot.rooms,
             backpressured: snapshot.backpressured,
             encrypted: snapshot.encrypted,
+            server_public_key: snapshot.server_public_key,
+            salt: snapshot.salt,
             connected_at: snapshot.connected_at as f64,
             last_activity: snapshot.last_activity as f64,
             remote_address: snapshot.remote_address,
@@ -369,6 +379,25 @@ impl NativeServer {
     pub fn socket_send(&self, client_id: String, data: String) -> i64 {
         self.running()
             .map_or(0, |server| server.send_text(&client_id, &data))
+    }
+
+    /// What `outboundTransformer` produced for an encrypted client: sent as it is.
+    #[napi]
+    pub fn send_transformed(&self, client_id: String, message: String) {
+        if let Some(server) = self.running() {
+            server.send_text(&client_id, &message);
+        }
+    }
+
+    /// `enableClientEncryption`: irreversible; false for an unknown or already encrypted
+    /// client. Waits for earlier sends, which were meant for the client as it was.
+    #[napi]
+    pub fn enable_client_encryption(&self, client_id: String) -> bool {
+        self.running().is_some_and(|server| {
+            server
+                .sender()
+                .now(|hub| hub.enable_encryption(&client_id, Default::default()))
+        })
     }
 
     /// `socket.close(code, reason)`: starts the close handshake with a real close frame.
