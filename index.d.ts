@@ -318,7 +318,8 @@ export interface IWebSocketServerOptions<
   heartbeatTimeout?: number;
   /**
    * Milliseconds a connection waits for `validateRoomFn`, `clientConnectedFn` or
-   * `messageHandler` to settle before it logs and handles its next message. Default `15000`.
+   * `messageHandler` to settle before it logs and handles its next message; also the bound of
+   * one `outboundTransformer` call. Default `15000`.
    */
   callbackTimeout?: number;
   /** Transformer calls one room/broadcast message may have in flight. Default `10`. */
