@@ -632,20 +632,17 @@ impl Session {
         // The JS dispatcher answers `false` for a falsy result, else the two keys.
         let keys = match outcome {
             Ok(Value::Object(keys)) => keys,
-            Ok(_) => {
-                self.core.log(
-                    LogLevel::Info,
-                    format_args!("Handshake rejected | id: {id}"),
-                );
-                self.send_error(protocol::ERR_HANDSHAKE_FAILED);
-                self.close(close_code::ENCRYPTION_REQUIRED, "Encryption required");
-                return None;
-            }
-            Err(error) => {
-                self.core.log(
-                    LogLevel::Error,
-                    format_args!("Handshake error | id: {id} | error: {error}"),
-                );
+            refused => {
+                match refused {
+                    Err(error) => self.core.log(
+                        LogLevel::Error,
+                        format_args!("Handshake error | id: {id} | error: {error}"),
+                    ),
+                    _ => self.core.log(
+                        LogLevel::Info,
+                        format_args!("Handshake rejected | id: {id}"),
+                    ),
+                }
                 self.send_error(protocol::ERR_HANDSHAKE_FAILED);
                 self.close(close_code::ENCRYPTION_REQUIRED, "Encryption required");
                 return None;
