@@ -80,6 +80,8 @@ export interface ClientInfo {
   state: string
   rooms: Array<string>
   backpressured: boolean
+  droppedMessages: number
+  bufferedAmount: number
   encrypted: boolean
   serverPublicKey?: string
   salt?: string
@@ -99,6 +101,13 @@ export interface NativeServerOptions {
   heartbeatTimeout: number
   callbackTimeout: number
   maxPayloadLength: number
+  /** Seconds; 0: never. */
+  idleTimeout: number
+  sendPings: boolean
+  upgradeTimeout: number
+  allowedOrigins: Array<string>
+  hasVerifyUpgradeFn: boolean
+  perMessageDeflate: boolean
   backpressureLimit: number
   closeOnBackpressureLimit: boolean
   hasValidateRoomFn: boolean

@@ -127,6 +127,8 @@ export interface IWebSocket<T = unknown> {
   unsubscribe(topic: string): void;
   isSubscribed(topic: string): boolean;
   close(code?: number, reason?: string): void;
+  /** Bytes queued for the client and not yet taken by the kernel. */
+  getBufferedAmount(): number;
   cork(cb: (ws: IWebSocket<T>) => void): void;
 }
 
@@ -149,6 +151,8 @@ export interface IWebSocketClient<MetadataType extends Record<string, unknown> =
   rooms: Set<string>;
   /** True while the client's outbound queue is over `serverOptions.backpressureLimit`. */
   backpressured: boolean;
+  /** Messages dropped because the client's queue was over `backpressureLimit` (not with `closeOnBackpressureLimit`), since it connected. */
+  droppedMessages: number;
   encrypted: boolean;
   /** Milliseconds since the epoch. */
   connectedAt: number;
@@ -170,17 +174,25 @@ export interface IWebSocketData<MetadataType extends Record<string, unknown> = R
 
 /** Transport settings (the TypeScript helper passed them to Bun). */
 export interface IBunWebSocketConfig {
-  /** Not implemented yet; accepted and ignored. */
-  perMessageDeflate?: boolean;
+  /**
+   * Negotiate permessage-deflate (RFC 7692) with clients that offer it, always without context
+   * takeover (each message compressed on its own, so a room or broadcast message is compressed
+   * once for all its recipients). Messages under 128 bytes go out uncompressed. Bun's object form
+   * (`{ compress, decompress }`) counts as `true`. Default false.
+   */
+  perMessageDeflate?: boolean | Record<string, unknown>;
   /** Largest accepted message in bytes; a larger frame or message closes with 1009. Default 131072 (128 KB). */
   maxPayloadLength?: number;
-  /** Not implemented yet; accepted and ignored. Default 60 (seconds). */
+  /**
+   * Seconds a connection may send nothing at all (any frame counts, pongs included) before it is
+   * closed with 1001 'Idle timeout'; `0` never. Default 60.
+   */
   idleTimeout?: number;
   /** Bytes a client's outbound queue may hold before `backpressured` is set and further frames are dropped. Default 1048576 (1 MB). */
   backpressureLimit?: number;
   /** Close the client with 1008 'Backpressure limit exceeded' instead of dropping. Default false. */
   closeOnBackpressureLimit?: boolean;
-  /** Not implemented yet; accepted and ignored. Default true. */
+  /** Ping connections silent for half of `idleTimeout`, so that live clients (which answer with a pong) stay open. Default true. */
   sendPings?: boolean;
   /** No meaning without Bun's publish; accepted and ignored. Default false. */
   publishToSelf?: boolean;
@@ -197,11 +209,42 @@ export interface IBunWebSocketHandler extends IBunWebSocketConfig {
 // Callbacks
 // ---------------------------------------------------------------------------------------
 
-/** Return `{ userId, metadata }` to accept, `null`/`false` to reject (close 4003). */
+/** The HTTP upgrade request a connection opened with. */
+export interface IWebSocketUpgradeRequest {
+  /** The id the client gets if the upgrade is accepted. */
+  clientId: string;
+  /** `ip:port` of the peer. */
+  remoteAddress: string;
+  /** The request target as sent: path and query. */
+  url: string;
+  path: string;
+  /** The query string's parameters (the last one of a repeated name). */
+  query: Record<string, string>;
+  /** Header names in lower case; repeated headers joined with `, ` (cookies with `; `). */
+  headers: Record<string, string>;
+}
+
+/**
+ * Return `{ userId, metadata }` to accept, `null`/`false` to reject (close 4003). The second
+ * argument is the connection's upgrade request (absent only if the server has lost it, which it
+ * does not on the first attempt).
+ */
 export type TWebSocketAuthenticateFn<
   AuthDataType extends Record<string, unknown> = Record<string, unknown>,
   MetadataType extends Record<string, unknown> = Record<string, unknown>,
-> = (opts: AuthDataType) => ValueOrPromise<{ userId?: string; metadata?: MetadataType } | null | false>;
+> = (
+  opts: AuthDataType,
+  request?: IWebSocketUpgradeRequest,
+) => ValueOrPromise<{ userId?: string; metadata?: MetadataType } | null | false>;
+
+/**
+ * Decides on an upgrade before the WebSocket opens: truthy accepts; `false`/`null`/`undefined`
+ * refuses with HTTP 403; `{ status }` refuses with that status (400-599). A throw or rejection
+ * refuses with 500, a Promise not settled within `callbackTimeout` with 503 (both logged).
+ */
+export type TWebSocketVerifyUpgradeFn = (
+  request: IWebSocketUpgradeRequest,
+) => ValueOrPromise<boolean | null | undefined | { status: number }>;
 
 export type TWebSocketHandshakeFn<AuthDataType extends Record<string, unknown> = Record<string, unknown>> = (opts: {
   clientId: string;
@@ -344,6 +387,16 @@ export interface IWebSocketServerOptions<
    * for that client.
    */
   outboundTransformer?: TWebSocketOutboundTransformer<unknown, MetadataType>;
+  /** Runs for every upgrade request before the WebSocket opens; see `TWebSocketVerifyUpgradeFn`. */
+  verifyUpgradeFn?: TWebSocketVerifyUpgradeFn;
+  /**
+   * Origins browser pages may connect from, such as `'https://app.example.com'` (compared without
+   * case and trailing slash). Upgrades with another `Origin` header get HTTP 403; requests without
+   * one (not from a browser page) are let through. Default: any origin.
+   */
+  allowedOrigins?: string[];
+  /** Milliseconds a TCP connection may take to send its complete upgrade request; then it is dropped. Default `10000`. */
+  upgradeTimeout?: number;
   /** With `requireEncryption`: key exchange after `authenticateFn`; its keys go in `connected`. */
   handshakeFn?: TWebSocketHandshakeFn<AuthDataType>;
 }

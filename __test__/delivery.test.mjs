@@ -102,6 +102,7 @@ describe('local delivery and accessors', () => {
     assert.deepEqual(Object.keys(entry).sort(), [
       'backpressured',
       'connectedAt',
+      'droppedMessages',
       'encrypted',
       'id',
       'lastActivity',
@@ -117,6 +118,8 @@ describe('local delivery and accessors', () => {
     assert.equal(entry.userId, 'bob');
     assert.ok(entry.rooms instanceof Set);
     assert.equal(entry.backpressured, false);
+    assert.equal(entry.droppedMessages, 0);
+    assert.equal(entry.socket.getBufferedAmount(), 0);
     assert.equal(entry.encrypted, false);
     assert.ok(entry.connectedAt <= entry.lastActivity && entry.lastActivity <= Date.now());
     assert.ok(Date.now() - entry.connectedAt < 60_000, 'timestamps are in milliseconds');

@@ -1,4 +1,8 @@
+import { spawn } from 'node:child_process';
 import net from 'node:net';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
 import { after, assert, before, describe, it } from './support/framework.mjs';
 import {
@@ -8,8 +12,30 @@ import {
   parseServerFrames,
   rawExchange,
   startServer,
+  TestClient,
   upgradeRequest,
+  waitUntil,
 } from './support/helpers.mjs';
+
+const floodScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'support', 'unauthenticated-flood.mjs');
+
+/** Runs the flood script in this runtime, with the file descriptor limit raised as far as allowed. */
+function floodChild(...args) {
+  const child = spawn('sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"', process.execPath, floodScript, ...args], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const lines = [];
+  const waiters = [];
+  readline.createInterface({ input: child.stdout }).on('line', line => {
+    lines.push(line);
+    for (const waiter of waiters.splice(0)) waiter();
+  });
+  const lineStarting = (prefix, timeoutMs) =>
+    waitUntil(() => lines.some(line => line.startsWith(prefix)), timeoutMs, prefix).then(() =>
+      lines.filter(line => line.startsWith(prefix)).at(-1).slice(prefix.length + 1),
+    );
+  return { child, lines, lineStarting };
+}
 
 describe('hostile input', () => {
   let server;
@@ -123,6 +149,17 @@ describe('hostile input', () => {
     await bystanderStillServed();
   });
 
+  it('answers a ping flood without falling behind on other clients', async () => {
+    const pings = Buffer.concat(Array.from({ length: 5000 }, (_, i) => clientFrame(0x89, `ping-${i}`.padEnd(120, '.'))));
+    const result = await attack(pings, text({ event: 'authenticate', data: { token: 't' } }), text({ event: 'after', data: 7 }));
+    // Pongs beyond the client's backpressure limit may be dropped; the connection stays.
+    assert.ok(result.frames.filter(frame => frame.opcode === 0xa).length > 100);
+    assert.equal(closeCodeOf(result), undefined);
+    const echoed = result.frames.filter(frame => frame.opcode === 1).map(frame => JSON.parse(frame.payload));
+    assert.deepEqual(echoed.at(-1), { event: 'echo', data: 7 });
+    await bystanderStillServed();
+  });
+
   it('keeps the connection through hostile message shapes', async () => {
     const client = await authenticatedClient(server);
     const inputs = [
@@ -144,5 +181,62 @@ describe('hostile input', () => {
     assert.equal({}.polluted, undefined);
     await bystanderStillServed();
     client.close();
+  });
+});
+
+describe('hostile load', () => {
+  it('takes 10,000 joins from one client and forgets every room when it leaves', async () => {
+    const server = await startServer({ validateRoomFn: ({ rooms }) => rooms });
+    try {
+      const bystander = await authenticatedClient(server);
+      const joiner = await authenticatedClient(server);
+      for (let i = 0; i < 10_000; i++) {
+        joiner.send({ event: 'join', data: { rooms: [`flood-${i}`] } });
+      }
+      joiner.send({ event: 'done' });
+      await waitUntil(() => server.getClients({ id: joiner.id })?.rooms.size >= 10_000, 20_000, '10,000 rooms joined');
+      server.sendToRoom({ room: 'flood-9999', event: 'last' });
+      assert.equal((await joiner.next('last')).event, 'last');
+      await joiner.close();
+      await waitUntil(() => !server.getClients({ id: joiner.id }), 3000, 'the joiner to be gone');
+      for (const room of ['flood-0', 'flood-5000', 'flood-9999']) {
+        assert.deepEqual(server.getClientsByRoom({ room }), []);
+      }
+      bystander.send({ event: 'heartbeat' });
+      assert.equal(server.getClients({ id: bystander.id }).state, 'authenticated');
+      await bystander.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+
+  it('survives 10,000 connections that never authenticate: each gets 4001, others are served meanwhile', async () => {
+    const server = floodChild('server');
+    const attacker = { child: null };
+    try {
+      const port = Number(await server.lineStarting('READY', 20_000));
+      const bystander = await TestClient.open(`ws://127.0.0.1:${port}/ws`);
+      await bystander.authenticate({ token: 't' });
+      attacker.child = floodChild('attack', String(port), '10000');
+      // Served all through the flood.
+      let peak = 0;
+      for (let i = 0; !attacker.child.lines.some(line => line.startsWith('RESULT')) && i < 600; i++) {
+        bystander.send({ event: 'check', data: i });
+        assert.equal((await bystander.next('echo', 10_000)).data, i);
+        peak = Math.max(peak, ...server.lines.filter(line => line.startsWith('CLIENTS')).map(line => Number(line.slice(8))));
+        await new Promise(resolve => setTimeout(resolve, 100));
+      }
+      const result = JSON.parse(await attacker.child.lineStarting('RESULT', 60_000));
+      assert.deepEqual(result.errors, []);
+      assert.equal(result.upgraded, 10_000);
+      assert.equal(result.closedWith4001, 10_000);
+      assert.ok(peak > 5000, `at most ${peak} connections were open at once`);
+      await waitUntil(() => server.lines.at(-1) === 'CLIENTS 1', 5000, 'only the bystander left');
+      await bystander.close();
+    } finally {
+      attacker.child?.child.kill();
+      server.child.stdin.end();
+      await new Promise(resolve => server.child.once('exit', resolve));
+    }
   });
 });

@@ -57,6 +57,25 @@ const SCENARIOS = [
     unitName: 'delivery',
   },
   {
+    // Slow consumers: 20 clients that authenticate and never read again, beside receivers of
+    // 16 KB broadcasts. Compared with the same load without them ('slow-baseline'): the other
+    // clients' latency and loss, and how much the server's RSS grew.
+    name: 'slow-baseline',
+    loadgen: 'fanout',
+    args: ['--clients', String(Math.round(200 * scale)), '--rate', '50', '--payload', '16384', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    units: c => c.result.requests_sent * (c.result.receivers + 1),
+    unitName: 'delivery',
+    rssGrowth: true,
+  },
+  {
+    name: 'slow',
+    loadgen: 'fanout',
+    args: ['--clients', String(Math.round(200 * scale)), '--rate', '50', '--payload', '16384', '--slow', '20', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    units: c => c.result.requests_sent * (c.result.receivers + 1),
+    unitName: 'delivery',
+    rssGrowth: true,
+  },
+  {
     name: 'echo',
     args: ['--clients', '50', '--duration', quick ? '4' : '10', '--warmup', '2'],
     units: c => c.result.round_trips,
@@ -137,12 +156,12 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
   const driverArgs = instances > 1 ? ['--driver-url', `ws://127.0.0.1:${servers[0].port}/ws`] : [];
   await new Promise(resolve => setTimeout(resolve, 500));
   const rssStart = rssBytes(pid);
-  const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...driverArgs, ...scenario.args]);
+  const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.loadgen ?? scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...driverArgs, ...scenario.args]);
   const generator = spawn(lgCommand, lgArgs, { stdio: ['pipe', 'pipe', 'pipe'] });
   let generatorErrors = '';
   generator.stderr.on('data', chunk => (generatorErrors += chunk));
   const serversCpu = () => servers.reduce((sum, server) => sum + cpuSeconds(server.pid), 0);
-  const sample = () => ({ at: performance.now(), server: serversCpu(), loadgen: cpuSeconds(generator.pid) });
+  const sample = () => ({ at: performance.now(), server: serversCpu(), loadgen: cpuSeconds(generator.pid), rss: rssBytes(pid) });
   const marks = {};
   const result = await new Promise((resolve, reject) => {
     lines(generator.stdout, line => {
@@ -174,6 +193,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     serverCpu: marks.end.server - marks.start.server,
     loadgenCpu: marks.end.loadgen - marks.start.loadgen,
     rssStart,
+    rssEnd: marks.end.rss,
     idleRss: marks.idleRss,
   };
 }
@@ -210,6 +230,7 @@ function summarize(runs, scenario) {
     summary.p50 = pick(run => r(run).latency.p50_ms);
     summary.p99 = pick(run => r(run).latency.p99_ms);
     summary.loss = pick(run => r(run).loss);
+    summary.rssGrowthMb = pick(run => (run.rssEnd - run.rssStart) / 2 ** 20);
   }
   return summary;
 }
@@ -299,8 +320,8 @@ function report(info, results, unpinned) {
     const scenario = SCENARIOS.find(s => s.name === name);
     const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
     const base = summaries.ts;
-    out.push(`## ${name}`, '', `\`loadgen ${name} ${scenario.args.join(' ')}\``, '');
-    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : name === 'echo' ? [] : ['loss'];
+    out.push(`## ${name}`, '', `\`loadgen ${scenario.loadgen ?? name} ${scenario.args.join(' ')}\``, '');
+    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : name === 'echo' ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
     const rateName = name === 'connect' ? 'connections/s' : name === 'echo' ? 'round trips/s' : 'deliveries/s';
     out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
     out.push(`|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
@@ -311,6 +332,7 @@ function report(info, results, unpinned) {
       const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio];
       if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.failures, 0));
       else if (name !== 'echo') cells.push(fmt(s.loss, 0));
+      if (scenario.rssGrowth) cells.push(fmt(s.rssGrowthMb, 1));
       cells.push(bottleneck(s));
       out.push(`| ${implementation.name} | ${cells.join(' | ')} |`);
     }

@@ -21,6 +21,7 @@ const LOG = 7;
 const REDIS_STATUS = 8;
 const HANDSHAKE = 9;
 const TRANSFORM = 10;
+const VERIFY_UPGRADE = 11;
 
 // Answer row states, as src/dispatch.rs reads them.
 const RESOLVED = 0;
@@ -40,6 +41,29 @@ function errorText(error) {
 
 function isThenable(value) {
   return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+}
+
+/**
+ * The upgrade request as the application sees it (`IWebSocketUpgradeRequest`): what Rust sent
+ * (`clientId`, `remoteAddress`, `url`, `headers` with lower-case names) plus `path` and `query`.
+ */
+function upgradeRequest(request) {
+  if (!request) {
+    return undefined;
+  }
+  const queryStart = request.url.indexOf('?');
+  const path = queryStart === -1 ? request.url : request.url.slice(0, queryStart);
+  const query = Object.fromEntries(new URLSearchParams(queryStart === -1 ? '' : request.url.slice(queryStart + 1)));
+  return { ...request, path, query };
+}
+
+/** verifyUpgradeFn's verdict as Rust reads it: 0 accepts, otherwise the HTTP status to refuse with. */
+function upgradeVerdict(verdict) {
+  if (verdict !== null && typeof verdict === 'object') {
+    const { status } = verdict;
+    return Number.isInteger(status) && status >= 400 && status <= 599 ? status : 403;
+  }
+  return verdict ? 0 : 403;
 }
 
 class CallbackDispatcher {
@@ -94,9 +118,14 @@ class CallbackDispatcher {
     const [kind, token] = call;
     const { callbacks } = this;
     switch (kind) {
+      case VERIFY_UPGRADE: {
+        const [, , , request] = call;
+        this.run(token, answers, () => callbacks.verifyUpgradeFn(upgradeRequest(request)), upgradeVerdict);
+        return;
+      }
       case AUTHENTICATE: {
-        const [, , , data] = call;
-        this.run(token, answers, () => callbacks.authenticateFn(data ?? {}), result => {
+        const [, , , data, request] = call;
+        this.run(token, answers, () => callbacks.authenticateFn(data ?? {}, upgradeRequest(request)), result => {
           if (!result) {
             return false;
           }

@@ -13,6 +13,10 @@ const DEFAULT_PORT = 8080;
 const DEFAULT_CALLBACK_TIMEOUT = 15_000;
 /** Durations travel to Rust as u32 milliseconds. */
 const MAX_MS = 2 ** 31 - 1;
+/** How long a TCP connection may take to send its complete upgrade request (slow-loris). */
+const DEFAULT_UPGRADE_TIMEOUT = 10_000;
+/** serverOptions.idleTimeout is in seconds; one day is more than any transport needs. */
+const MAX_IDLE_TIMEOUT = 86_400;
 
 class OptionError extends Error {
   constructor(name, expectation) {
@@ -37,6 +41,17 @@ function optionalFunction(value, name) {
     throw new OptionError(name, `expected a function, got ${typeof value}`);
   }
   return value ?? undefined;
+}
+
+/** Origins compare as browsers send them: lower case, no path, no trailing slash. */
+function parseAllowedOrigins(value) {
+  if (value === undefined || value === null) {
+    return [];
+  }
+  if (!Array.isArray(value) || value.some(origin => typeof origin !== 'string' || !origin)) {
+    throw new OptionError('allowedOrigins', "expected an array of origins such as 'https://app.example.com'");
+  }
+  return value.map(origin => origin.trim().toLowerCase().replace(/\/+$/, ''));
 }
 
 /**
@@ -76,6 +91,7 @@ function parseServerOptions(opts, { logLevels }) {
     messageHandler: optionalFunction(opts.messageHandler, 'messageHandler'),
     handshakeFn: optionalFunction(opts.handshakeFn, 'handshakeFn'),
     outboundTransformer: optionalFunction(opts.outboundTransformer, 'outboundTransformer'),
+    verifyUpgradeFn: optionalFunction(opts.verifyUpgradeFn, 'verifyUpgradeFn'),
   };
   // Not sent to Rust: the transformer runs in JS (lib/transforms.js).
   const encryptedBatchLimit = integer(opts.encryptedBatchLimit, 'encryptedBatchLimit', {
@@ -104,6 +120,20 @@ function parseServerOptions(opts, { logLevels }) {
       max: MAX_MS,
       fallback: DEFAULT_CALLBACK_TIMEOUT,
     }),
+    upgradeTimeout: integer(opts.upgradeTimeout, 'upgradeTimeout', {
+      min: 1,
+      max: MAX_MS,
+      fallback: DEFAULT_UPGRADE_TIMEOUT,
+    }),
+    allowedOrigins: parseAllowedOrigins(opts.allowedOrigins),
+    hasVerifyUpgradeFn: Boolean(callbacks.verifyUpgradeFn),
+    perMessageDeflate: Boolean(serverOptions.perMessageDeflate),
+    idleTimeout: integer(serverOptions.idleTimeout, 'serverOptions.idleTimeout', {
+      min: 0,
+      max: MAX_IDLE_TIMEOUT,
+      fallback: WebSocketDefaults.IDLE_TIMEOUT,
+    }),
+    sendPings: Boolean(serverOptions.sendPings ?? WebSocketDefaults.SEND_PINGS),
     maxPayloadLength: integer(serverOptions.maxPayloadLength, 'serverOptions.maxPayloadLength', {
       min: 1,
       max: 2 ** 32 - 1,
@@ -126,4 +156,12 @@ function parseServerOptions(opts, { logLevels }) {
   return { native, callbacks, encryptedBatchLimit };
 }
 
-module.exports = { STANDALONE, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_CALLBACK_TIMEOUT, OptionError, parseServerOptions };
+module.exports = {
+  STANDALONE,
+  DEFAULT_HOST,
+  DEFAULT_PORT,
+  DEFAULT_CALLBACK_TIMEOUT,
+  DEFAULT_UPGRADE_TIMEOUT,
+  OptionError,
+  parseServerOptions,
+};

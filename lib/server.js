@@ -263,6 +263,7 @@ class WebSocketServerHelper {
       state: info.state,
       rooms: new Set(info.rooms),
       backpressured: info.backpressured,
+      droppedMessages: info.droppedMessages,
       encrypted: info.encrypted,
       connectedAt: info.connectedAt,
       lastActivity: info.lastActivity,
@@ -284,6 +285,9 @@ class WebSocketServerHelper {
       },
       send(data) {
         return helper.native ? helper.native.socketSend(clientId, toText(data)) : 0;
+      },
+      getBufferedAmount() {
+        return helper.native?.client(clientId)?.bufferedAmount ?? 0;
       },
       close(code = 1000, reason = '') {
         helper.native?.socketClose(clientId, code, reason);

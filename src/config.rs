@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use crate::broker::RedisTarget;
 
-/// How long a TCP connection may take to send a complete upgrade request.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a close frame is sent, how long we wait for the peer's close before dropping it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -23,6 +21,20 @@ pub struct ServerConfig {
     /// `messageHandler` before handling its next message.
     pub callback_timeout: Duration,
     pub max_payload_length: usize,
+    /// Close connections that sent nothing for this long (1001); zero: never.
+    pub idle_timeout: Duration,
+    /// Ping connections silent for half of `idle_timeout`, so live peers answer in time.
+    pub send_pings: bool,
+    /// How long a TCP connection may take to send a complete upgrade request, and the
+    /// upgrade hook to answer it.
+    pub upgrade_timeout: Duration,
+    /// `Origin` values (lower case, no trailing slash) a browser page may connect from;
+    /// empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Ask JS's `verifyUpgradeFn` before answering an upgrade.
+    pub has_verify_upgrade_fn: bool,
+    /// Negotiate permessage-deflate with clients that offer it.
+    pub per_message_deflate: bool,
     pub backpressure_limit: usize,
     pub close_on_backpressure_limit: bool,
     pub has_validate_room_fn: bool,
@@ -54,6 +66,12 @@ impl Default for ServerConfig {
             heartbeat_timeout: Duration::from_millis(90_000),
             callback_timeout: Duration::from_millis(15_000),
             max_payload_length: 128 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            send_pings: true,
+            upgrade_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            has_verify_upgrade_fn: false,
+            per_message_deflate: false,
             backpressure_limit: 1024 * 1024,
             close_on_backpressure_limit: false,
             has_validate_room_fn: false,

@@ -19,13 +19,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::config::{CLOSE_GRACE, HANDSHAKE_TIMEOUT};
+use crate::config::CLOSE_GRACE;
+use crate::deflate;
 use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, MessageFlow, Outcome, PendingCall};
 use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
-use crate::handshake::{self, Decision, Rejection};
+use crate::handshake::{self, Decision, Rejection, UpgradeRequest};
 use crate::hub::{AuthStart, ClientHandle, ClientId, Encryption};
 use crate::protocol::{self, Inbound, InboundError, RoomRequest};
-use crate::server::{now_ms, Core};
+use crate::server::{monotonic_ms, now_ms, Core};
 
 /// Reads per wake-up are at most this large; the buffer is released whenever it empties,
 /// so an idle connection holds no read buffer at all.
@@ -36,60 +37,24 @@ const LOG_QUOTE_CHARS: usize = 200;
 pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let mut buffer = Vec::new();
     // Boxed: the upgrade is over before the connection spends its life idle.
-    let upgrade = Box::pin(timeout(
-        HANDSHAKE_TIMEOUT,
-        read_upgrade(&mut reader, &mut buffer, &core.config.path),
-    ))
-    .await;
-    let rejection = match upgrade {
-        Err(_) => {
-            core.log(
-                LogLevel::Debug,
-                format_args!("Handshake timeout | address: {peer}"),
-            );
-            return;
-        }
-        Ok(Err(None)) => return,
-        Ok(Err(Some(rejection))) => Some(rejection),
-        Ok(Ok(_)) if core.is_shutting_down() => Some(Rejection {
-            status: 503,
-            reason: "Service Unavailable",
-        }),
-        Ok(Ok(accept_key)) => {
-            if writer
-                .write_all(handshake::accept_response(&accept_key).as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            None
-        }
-    };
-    if let Some(rejection) = rejection {
-        core.log(
-            LogLevel::Debug,
-            format_args!(
-                "Upgrade refused | address: {peer} | status: {}",
-                rejection.status
-            ),
-        );
-        let _ = writer
-            .write_all(handshake::reject_response(rejection).as_bytes())
-            .await;
-        let _ = writer.shutdown().await;
+    let Some(Upgraded {
+        id,
+        remote_address,
+        buffer,
+        upgrade,
+    }) = Box::pin(upgrade(&core, &mut reader, &mut writer, peer)).await
+    else {
         return;
-    }
+    };
 
-    let id: ClientId = Arc::from(uuid::Uuid::new_v4().to_string());
     let handle = Arc::new(ClientHandle::new(
         id.clone(),
-        peer.to_string(),
+        remote_address,
         now_ms(),
         core.config.backpressure_limit,
         core.config.close_on_backpressure_limit,
+        upgrade.deflate,
     ));
     let writer = Arc::new(writer);
     handle.outbox().attach(writer.clone());
@@ -111,6 +76,8 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         close_deadline: None,
         discard_input: false,
         message_flow: None,
+        deflate: upgrade.deflate,
+        request: Some(upgrade.request_json),
     };
     session.read_loop(&mut reader).await;
 
@@ -139,6 +106,182 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// A connection past its 101 answer.
+struct Upgraded {
+    id: ClientId,
+    remote_address: String,
+    /// Bytes the client sent after its request, without waiting for the answer.
+    buffer: Vec<u8>,
+    upgrade: Upgrade,
+}
+
+/// Reads the upgrade request (within `upgradeTimeout`), decides on it and answers it.
+/// `None`: refused (the answer is written) or the peer went away.
+async fn upgrade(
+    core: &Core,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    peer: SocketAddr,
+) -> Option<Upgraded> {
+    let mut buffer = Vec::new();
+    let read = timeout(
+        core.config.upgrade_timeout,
+        read_upgrade(reader, &mut buffer, &core.config.path),
+    )
+    .await;
+    let (request, accept_key) = match read {
+        Err(_) => {
+            // Slow-loris: no answer, the socket is simply dropped.
+            core.log(
+                LogLevel::Debug,
+                format_args!("Upgrade timeout | address: {peer}"),
+            );
+            return None;
+        }
+        Ok(Err(None)) => return None,
+        Ok(Err(Some(rejection))) => {
+            refuse(core, writer, peer, rejection).await;
+            return None;
+        }
+        Ok(Ok(accepted)) => accepted,
+    };
+    let id: ClientId = Arc::from(uuid::Uuid::new_v4().to_string());
+    let remote_address = peer.to_string();
+    let upgrade = match negotiate(core, &id, &remote_address, &request).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            refuse(core, writer, peer, rejection).await;
+            return None;
+        }
+    };
+    let extensions = upgrade.deflate.then_some(deflate::RESPONSE);
+    writer
+        .write_all(handshake::accept_response(&accept_key, extensions).as_bytes())
+        .await
+        .ok()?;
+    Some(Upgraded {
+        id,
+        remote_address,
+        buffer,
+        upgrade,
+    })
+}
+
+async fn refuse(core: &Core, writer: &mut OwnedWriteHalf, peer: SocketAddr, rejection: Rejection) {
+    core.log(
+        LogLevel::Debug,
+        format_args!(
+            "Upgrade refused | address: {peer} | status: {}",
+            rejection.status
+        ),
+    );
+    let _ = writer
+        .write_all(handshake::reject_response(rejection).as_bytes())
+        .await;
+    let _ = writer.shutdown().await;
+}
+
+/// What the upgrade agreed on.
+struct Upgrade {
+    deflate: bool,
+    /// The request as JSON, for `authenticateFn`.
+    request_json: Box<str>,
+}
+
+/// Decides on a well-formed upgrade request: shutdown, `allowedOrigins`, permessage-deflate,
+/// then the application's `verifyUpgradeFn`.
+async fn negotiate(
+    core: &Core,
+    id: &str,
+    remote_address: &str,
+    request: &UpgradeRequest,
+) -> Result<Upgrade, Rejection> {
+    if core.is_shutting_down() {
+        return Err(Rejection {
+            status: 503,
+            reason: "Service Unavailable",
+        });
+    }
+    if !request.origin_allowed(&core.config.allowed_origins) {
+        core.log(
+            LogLevel::Info,
+            format_args!(
+                "Upgrade refused: origin not allowed | address: {remote_address} | origin: {}",
+                request.header_values("origin").next().unwrap_or_default()
+            ),
+        );
+        return Err(Rejection {
+            status: 403,
+            reason: "Forbidden",
+        });
+    }
+    let deflate = core.config.per_message_deflate
+        && deflate::accepts_offer(request.header_values("sec-websocket-extensions"));
+    let request_json = request.to_json(id, remote_address);
+    if core.config.has_verify_upgrade_fn {
+        verify_upgrade(core, id, remote_address, &request_json).await?;
+    }
+    Ok(Upgrade {
+        deflate,
+        request_json: request_json.into_boxed_str(),
+    })
+}
+
+/// Asks `verifyUpgradeFn`. JS answers 0 to accept or the HTTP status to refuse with.
+async fn verify_upgrade(
+    core: &Core,
+    id: &str,
+    remote_address: &str,
+    request_json: &str,
+) -> Result<(), Rejection> {
+    let unavailable = Rejection {
+        status: 503,
+        reason: "Service Unavailable",
+    };
+    let mut call = core.dispatcher.call(JsCall::VerifyUpgrade {
+        client_id: id,
+        request: request_json,
+    });
+    let outcome = match timeout(core.config.callback_timeout, call.outcome()).await {
+        Ok(CallResult::Settled(outcome)) => outcome,
+        Ok(CallResult::Abandoned) => return Err(unavailable),
+        Err(_) => {
+            core.log(
+                LogLevel::Warn,
+                format_args!("verifyUpgradeFn did not settle in time | address: {remote_address}"),
+            );
+            return Err(unavailable);
+        }
+    };
+    match outcome {
+        Ok(Value::Number(status)) if status.as_u64() == Some(0) => Ok(()),
+        Ok(Value::Number(status)) => {
+            let status = status
+                .as_u64()
+                .filter(|status| (400..=599).contains(status))
+                .unwrap_or(403) as u16;
+            Err(Rejection {
+                status,
+                reason: handshake::reason_phrase(status),
+            })
+        }
+        Ok(_) => Err(Rejection {
+            status: 403,
+            reason: "Forbidden",
+        }),
+        Err(error) => {
+            core.log(
+                LogLevel::Error,
+                format_args!("verifyUpgradeFn error | address: {remote_address} | error: {error}"),
+            );
+            Err(Rejection {
+                status: 500,
+                reason: "Internal Server Error",
+            })
+        }
+    }
+}
+
 /// Reads until a complete upgrade request is in `buffer`, then decides on it. Bytes after
 /// the request (frames a client sent without waiting) stay in `buffer`.
 /// `Err(None)`: the peer went away before finishing its request.
@@ -146,14 +289,20 @@ async fn read_upgrade(
     reader: &mut OwnedReadHalf,
     buffer: &mut Vec<u8>,
     path: &str,
-) -> Result<String, Option<Rejection>> {
+) -> Result<(UpgradeRequest, String), Option<Rejection>> {
     loop {
         match handshake::decide(buffer, path) {
             Err(rejection) => return Err(Some(rejection)),
             Ok(Some((Decision::Reject(rejection), _))) => return Err(Some(rejection)),
-            Ok(Some((Decision::Accept { accept_key, .. }, used))) => {
+            Ok(Some((
+                Decision::Accept {
+                    request,
+                    accept_key,
+                },
+                used,
+            ))) => {
                 buffer.drain(..used);
-                return Ok(accept_key);
+                return Ok((request, accept_key));
             }
             Ok(None) => {}
         }
@@ -222,6 +371,10 @@ struct Session {
     discard_input: bool,
     /// Custom messages handed to JS and not yet handled; created with the first one.
     message_flow: Option<Arc<MessageFlow>>,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
+    /// The upgrade request as JSON, until `authenticateFn` has had it.
+    request: Option<Box<str>>,
 }
 
 /// Whether the read loop goes on after a frame.
@@ -271,7 +424,7 @@ impl Session {
                     }
                     match reader.try_read_buf(&mut self.buffer) {
                         Ok(0) => return,
-                        Ok(_) => {}
+                        Ok(_) => self.handle.received(monotonic_ms()),
                         Err(error) if error.kind() == ErrorKind::WouldBlock => {}
                         Err(_) => return,
                     }
@@ -298,7 +451,7 @@ impl Session {
                 consumed = self.buffer.len();
                 break Flow::Continue;
             }
-            let decoded = match frame::decode_frame(&self.buffer[consumed..], max) {
+            let decoded = match frame::decode_frame(&self.buffer[consumed..], max, self.deflate) {
                 Ok(Some((frame, used))) => {
                     consumed += used;
                     frame
@@ -506,9 +659,11 @@ impl Session {
         self.auth_deadline = None;
         let deadline = Instant::now() + self.core.config.auth_timeout * 3;
         let id = self.handle.id.clone();
+        let request = self.request.take();
         let mut call = self.core.dispatcher.call(JsCall::Authenticate {
             client_id: &id,
             data,
+            request: request.as_deref(),
         });
         let Some(outcome) = self.wait_for(&mut call, deadline, "authenticateFn").await else {
             return self.authentication_window_over();

@@ -44,10 +44,18 @@ pub type Outcome = Result<Value, String>;
 
 /// Calls whose outcome a connection waits for.
 pub enum JsCall<'a> {
+    /// `verifyUpgradeFn`: before the 101, with the connection's future client id.
+    VerifyUpgrade {
+        client_id: &'a str,
+        /// The upgrade request as JSON (`UpgradeRequest::to_json`).
+        request: &'a str,
+    },
     Authenticate {
         client_id: &'a str,
         /// Raw JSON of the message's `data`.
         data: &'a str,
+        /// The upgrade request as JSON; absent for a second attempt.
+        request: Option<&'a str>,
     },
     ValidateRooms {
         client_id: &'a str,
@@ -136,6 +144,7 @@ mod kind {
     pub const REDIS_STATUS: u8 = 8;
     pub const HANDSHAKE: u8 = 9;
     pub const TRANSFORM: u8 = 10;
+    pub const VERIFY_UPGRADE: u8 = 11;
 }
 
 fn opt_string(value: Option<&str>) -> String {
@@ -144,13 +153,21 @@ fn opt_string(value: Option<&str>) -> String {
 
 fn encode_call(token: u64, call: &JsCall<'_>) -> String {
     match call {
-        JsCall::Authenticate { client_id, data } => {
-            format!(
-                "[{},{token},{},{data}]",
-                kind::AUTHENTICATE,
-                json_string(client_id)
-            )
-        }
+        JsCall::VerifyUpgrade { client_id, request } => format!(
+            "[{},{token},{},{request}]",
+            kind::VERIFY_UPGRADE,
+            json_string(client_id)
+        ),
+        JsCall::Authenticate {
+            client_id,
+            data,
+            request,
+        } => format!(
+            "[{},{token},{},{data},{}]",
+            kind::AUTHENTICATE,
+            json_string(client_id),
+            request.unwrap_or("null")
+        ),
         JsCall::ValidateRooms {
             client_id,
             user_id,
@@ -704,6 +721,7 @@ mod tests {
                 dispatcher.call(JsCall::Authenticate {
                     client_id: "c",
                     data: "{}",
+                    request: None,
                 })
             })
             .collect();
@@ -778,6 +796,7 @@ mod tests {
         let mut call = dispatcher.call(JsCall::Authenticate {
             client_id: "c",
             data: "{}",
+            request: None,
         });
         assert_eq!(call.outcome().await, CallResult::Abandoned);
         assert_eq!(
@@ -796,6 +815,7 @@ mod tests {
         let call = dispatcher.call(JsCall::Authenticate {
             client_id: "c",
             data: "{}",
+            request: None,
         });
         let token = call.token;
         drop(call);

@@ -5,7 +5,11 @@
 //! holds the same reference-counted bytes. Incoming frames are decoded from the connection's
 //! buffer; nothing here allocates for a frame whose declared size is over the limit.
 
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::deflate::{self, InflateError};
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -43,6 +47,8 @@ pub fn text_payload(frame: &[u8]) -> Option<&str> {
 pub struct Frame {
     pub fin: bool,
     pub opcode: u8,
+    /// RSV1 on a message's first frame: its payload is DEFLATE-compressed (RFC 7692).
+    pub compressed: bool,
     pub payload: Vec<u8>,
 }
 
@@ -52,6 +58,8 @@ pub enum FrameError {
     Protocol(&'static str),
     TooBig,
     InvalidUtf8,
+    /// RSV1 said compressed, but the payload is not a DEFLATE stream.
+    InvalidCompressed,
 }
 
 impl FrameError {
@@ -59,7 +67,7 @@ impl FrameError {
         match self {
             FrameError::Protocol(_) => close_code::PROTOCOL_ERROR,
             FrameError::TooBig => close_code::MESSAGE_TOO_BIG,
-            FrameError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            FrameError::InvalidUtf8 | FrameError::InvalidCompressed => close_code::INVALID_PAYLOAD,
         }
     }
 
@@ -68,27 +76,35 @@ impl FrameError {
             FrameError::Protocol(reason) => reason,
             FrameError::TooBig => "Message too big",
             FrameError::InvalidUtf8 => "Invalid UTF-8",
+            FrameError::InvalidCompressed => "Invalid compressed data",
         }
     }
 }
 
 /// Decodes one client frame from the start of `buf`. `Ok(None)` means more bytes are needed.
 /// Data frames whose declared payload exceeds `max_payload` fail before their payload is read.
-pub fn decode_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+/// `deflate`: permessage-deflate was negotiated, so RSV1 may mark a message's first frame.
+pub fn decode_frame(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<(Frame, usize)>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
     let fin = b0 & 0x80 != 0;
-    if b0 & 0x70 != 0 {
-        // No extension is negotiated, so every RSV bit must be clear.
-        return Err(FrameError::Protocol("Reserved bits set"));
-    }
+    let compressed = b0 & 0x40 != 0;
     let opcode = b0 & 0x0F;
     let is_control = opcode & 0x08 != 0;
     match opcode {
         OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
         _ => return Err(FrameError::Protocol("Reserved opcode")),
+    }
+    // RSV2 and RSV3 belong to no extension we speak; RSV1 only to permessage-deflate, and
+    // only on the first frame of a data message (RFC 7692, 6.1).
+    if b0 & 0x30 != 0 || (compressed && (!deflate || is_control || opcode == OP_CONTINUATION)) {
+        return Err(FrameError::Protocol("Reserved bits set"));
     }
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("Client frame not masked"));
@@ -133,6 +149,7 @@ pub fn decode_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usi
         Frame {
             fin,
             opcode,
+            compressed,
             payload,
         },
         offset + length,
@@ -158,11 +175,12 @@ pub enum DataMessage {
     Binary(Vec<u8>),
 }
 
-/// Reassembles fragmented data messages and enforces the message size limit across
-/// fragments. Control frames are not passed through it.
+/// Reassembles fragmented data messages, inflates compressed ones, and enforces the message
+/// size limit across fragments and after inflating. Control frames are not passed through it.
 #[derive(Default)]
 pub struct MessageAssembler {
     opcode: Option<u8>,
+    compressed: bool,
     fragments: Vec<u8>,
 }
 
@@ -190,10 +208,22 @@ impl MessageAssembler {
             (_, Some(_)) => return Err(FrameError::Protocol("Expected a continuation frame")),
             (opcode, None) if !frame.fin => {
                 self.opcode = Some(opcode);
+                self.compressed = frame.compressed;
                 self.fragments = frame.payload;
                 return Ok(None);
             }
-            (opcode, None) => (opcode, frame.payload),
+            (opcode, None) => {
+                self.compressed = frame.compressed;
+                (opcode, frame.payload)
+            }
+        };
+        let payload = if std::mem::take(&mut self.compressed) {
+            deflate::decompress(&payload, max_payload).map_err(|error| match error {
+                InflateError::TooBig => FrameError::TooBig,
+                InflateError::Invalid => FrameError::InvalidCompressed,
+            })?
+        } else {
+            payload
         };
         Ok(Some(match opcode {
             OP_TEXT => {
@@ -206,8 +236,13 @@ impl MessageAssembler {
 
 /// An unmasked server frame with FIN set.
 pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    encode(0x80 | opcode, payload)
+}
+
+/// `first_byte`: FIN, RSV bits and opcode.
+fn encode(first_byte: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
-    out.put_u8(0x80 | opcode);
+    out.put_u8(first_byte);
     match payload.len() {
         len if len < 126 => out.put_u8(len as u8),
         len if len <= 0xFFFF => {
@@ -225,6 +260,52 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 pub fn text_frame(text: &str) -> Bytes {
     encode_frame(OP_TEXT, text.as_bytes())
+}
+
+/// A text message on its way out: framed once, and compressed once the first time a
+/// recipient that negotiated permessage-deflate needs it. Every recipient gets a clone of
+/// one of the two frames.
+pub struct OutboundText {
+    plain: Bytes,
+    /// `None` inside: not worth compressing (short, or does not shrink).
+    compressed: OnceLock<Option<Bytes>>,
+}
+
+impl OutboundText {
+    pub fn new(text: &str) -> Self {
+        OutboundText {
+            plain: text_frame(text),
+            compressed: OnceLock::new(),
+        }
+    }
+
+    /// The message text.
+    pub fn text(&self) -> &str {
+        text_payload(&self.plain).unwrap_or_default()
+    }
+
+    /// The uncompressed frame's length: what Bun's `send()` reports as queued.
+    pub fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text().is_empty()
+    }
+
+    /// The frame for a recipient; `deflate`: it negotiated permessage-deflate.
+    pub fn frame(&self, deflate: bool) -> Bytes {
+        if deflate {
+            let compressed = self.compressed.get_or_init(|| {
+                deflate::compress(self.text().as_bytes())
+                    .map(|payload| encode(0xC0 | OP_TEXT, &payload))
+            });
+            if let Some(frame) = compressed {
+                return frame.clone();
+            }
+        }
+        self.plain.clone()
+    }
 }
 
 /// A close frame; the reason is cut at a character boundary to fit the 125-byte limit.
@@ -278,7 +359,7 @@ mod tests {
         for len in [0usize, 5, 125, 126, 1000, 65_535, 65_536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let bytes = client_frame(0x81, &payload);
-            let (frame, used) = decode_frame(&bytes, 1 << 20).unwrap().unwrap();
+            let (frame, used) = decode_frame(&bytes, 1 << 20, false).unwrap().unwrap();
             assert_eq!(used, bytes.len());
             assert_eq!(frame.payload, payload);
             assert!(frame.fin);
@@ -286,7 +367,7 @@ mod tests {
             // Every strict prefix asks for more bytes instead of failing.
             for cut in [0, 1, 2, bytes.len() / 2, bytes.len() - 1] {
                 assert_eq!(
-                    decode_frame(&bytes[..cut], 1 << 20),
+                    decode_frame(&bytes[..cut], 1 << 20, false),
                     Ok(None),
                     "len {len} cut {cut}"
                 );
@@ -298,27 +379,41 @@ mod tests {
     fn rejects_what_rfc_6455_forbids() {
         let unmasked = [0x81u8, 0x01, b'a'];
         assert!(matches!(
-            decode_frame(&unmasked, 100),
+            decode_frame(&unmasked, 100, false),
             Err(FrameError::Protocol(_))
         ));
-        let rsv = client_frame(0xC1, b"a");
+        let rsv1 = client_frame(0xC1, b"a");
         assert!(matches!(
-            decode_frame(&rsv, 100),
+            decode_frame(&rsv1, 100, false),
             Err(FrameError::Protocol(_))
         ));
+        // With permessage-deflate: RSV1 on a first data frame only; RSV2/3 never.
+        assert!(
+            decode_frame(&rsv1, 100, true)
+                .unwrap()
+                .unwrap()
+                .0
+                .compressed
+        );
+        for forbidden in [0xA1, 0x91, 0xC0, 0xC9] {
+            assert!(matches!(
+                decode_frame(&client_frame(forbidden, b"a"), 100, true),
+                Err(FrameError::Protocol(_))
+            ));
+        }
         let reserved_opcode = client_frame(0x83, b"a");
         assert!(matches!(
-            decode_frame(&reserved_opcode, 100),
+            decode_frame(&reserved_opcode, 100, false),
             Err(FrameError::Protocol(_))
         ));
         let long_ping = client_frame(0x89, &[0; 126]);
         assert!(matches!(
-            decode_frame(&long_ping, 1000),
+            decode_frame(&long_ping, 1000, false),
             Err(FrameError::Protocol(_))
         ));
         let fragmented_ping = client_frame(0x09, b"a");
         assert!(matches!(
-            decode_frame(&fragmented_ping, 1000),
+            decode_frame(&fragmented_ping, 1000, false),
             Err(FrameError::Protocol(_))
         ));
     }
@@ -326,9 +421,12 @@ mod tests {
     #[test]
     fn refuses_oversize_frames_from_the_header_alone() {
         let header_only = &client_frame(0x81, &[0; 2000])[..4];
-        assert_eq!(decode_frame(header_only, 1999), Err(FrameError::TooBig));
+        assert_eq!(
+            decode_frame(header_only, 1999, false),
+            Err(FrameError::TooBig)
+        );
         let huge = [0x82u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
-        assert_eq!(decode_frame(&huge, 1 << 20), Err(FrameError::TooBig));
+        assert_eq!(decode_frame(&huge, 1 << 20, false), Err(FrameError::TooBig));
     }
 
     #[test]
@@ -337,6 +435,7 @@ mod tests {
         let part = |fin: bool, opcode: u8, text: &str| Frame {
             fin,
             opcode,
+            compressed: false,
             payload: text.as_bytes().to_vec(),
         };
         assert_eq!(assembler.push(part(false, OP_TEXT, "he"), 10), Ok(None));
@@ -361,9 +460,60 @@ mod tests {
         let invalid = Frame {
             fin: true,
             opcode: OP_TEXT,
+            compressed: false,
             payload: vec![0xff, 0xfe],
         };
         assert_eq!(assembler.push(invalid, 8), Err(FrameError::InvalidUtf8));
+    }
+
+    #[test]
+    fn inflates_compressed_messages_also_when_fragmented() {
+        let text = "{\"event\":\"chat\",\"data\":\"la la la la la la\"}".repeat(10);
+        let compressed = deflate::compress(text.as_bytes()).unwrap();
+        let (first, rest) = compressed.split_at(compressed.len() / 2);
+        let mut assembler = MessageAssembler::default();
+        let frame = |fin, opcode, compressed, payload: &[u8]| Frame {
+            fin,
+            opcode,
+            compressed,
+            payload: payload.to_vec(),
+        };
+        assert_eq!(
+            assembler.push(frame(false, OP_TEXT, true, first), 1000),
+            Ok(None)
+        );
+        assert_eq!(
+            assembler.push(frame(true, OP_CONTINUATION, false, rest), 1000),
+            Ok(Some(DataMessage::Text(text.clone())))
+        );
+        // The limit applies to the inflated size, and garbage is refused with 1007.
+        assert_eq!(
+            assembler.push(frame(true, OP_TEXT, true, &compressed), 100),
+            Err(FrameError::TooBig)
+        );
+        let garbage = assembler.push(frame(true, OP_TEXT, true, &[0xff; 8]), 100);
+        assert_eq!(garbage, Err(FrameError::InvalidCompressed));
+        assert_eq!(FrameError::InvalidCompressed.close_code(), 1007);
+        // A plain message after a compressed one is not inflated.
+        assert_eq!(
+            assembler.push(frame(true, OP_TEXT, false, b"hi"), 100),
+            Ok(Some(DataMessage::Text("hi".into())))
+        );
+    }
+
+    #[test]
+    fn outbound_text_compresses_once_for_deflate_recipients_only() {
+        let message = OutboundText::new(&"abcdefgh".repeat(64));
+        let plain = message.frame(false);
+        assert_eq!(plain[0], 0x81);
+        let compressed = message.frame(true);
+        assert_eq!(compressed[0], 0xC1);
+        assert!(compressed.len() < plain.len() / 4);
+        // The same buffer every time: compressed once, shared.
+        assert_eq!(message.frame(true).as_ptr(), compressed.as_ptr());
+        let short = OutboundText::new("{\"event\":\"x\"}");
+        assert_eq!(short.frame(true)[0], 0x81);
+        assert_eq!(short.text(), "{\"event\":\"x\"}");
     }
 
     #[test]

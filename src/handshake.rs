@@ -25,6 +25,58 @@ pub struct Rejection {
     pub reason: &'static str,
 }
 
+impl UpgradeRequest {
+    /// The values of every header named `name` (lower case), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Whether the request may open a connection under an `allowedOrigins` list (lower
+    /// case, without trailing slashes; empty: any origin). A request without an `Origin`
+    /// header does not come from a browser page and is let through: origin checks protect
+    /// users' browsers from other sites' pages, not the server from other programs.
+    pub fn origin_allowed(&self, allowed: &[String]) -> bool {
+        if allowed.is_empty() {
+            return true;
+        }
+        match self.header_values("origin").next() {
+            None => true,
+            Some(origin) => {
+                let origin = origin.trim().trim_end_matches('/');
+                allowed
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+
+    /// The request as JSON for the application's callbacks: `{ clientId, remoteAddress,
+    /// url, headers }`, with repeated headers joined as HTTP allows (`; ` for cookies).
+    pub fn to_json(&self, client_id: &str, remote_address: &str) -> String {
+        let mut headers = serde_json::Map::new();
+        for (name, value) in &self.headers {
+            let joined = match headers.remove(name) {
+                Some(serde_json::Value::String(earlier)) => {
+                    let separator = if name == "cookie" { "; " } else { ", " };
+                    format!("{earlier}{separator}{value}")
+                }
+                _ => value.clone(),
+            };
+            headers.insert(name.clone(), serde_json::Value::String(joined));
+        }
+        serde_json::json!({
+            "clientId": client_id,
+            "remoteAddress": remote_address,
+            "url": self.url,
+            "headers": headers,
+        })
+        .to_string()
+    }
+}
+
 pub enum Decision {
     Accept {
         request: UpgradeRequest,
@@ -134,10 +186,31 @@ fn is_valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-pub fn accept_response(accept_key: &str) -> String {
+/// The 101 answer; `extensions`: the `Sec-WebSocket-Extensions` value, if one was agreed.
+pub fn accept_response(accept_key: &str, extensions: Option<&str>) -> String {
+    let extensions = extensions
+        .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extensions}\r\n"
     )
+}
+
+/// The reason phrase of a status an upgrade hook chose (anything unusual: "Refused").
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Refused",
+    }
 }
 
 pub fn reject_response(rejection: Rejection) -> String {
@@ -223,6 +296,43 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(response.ends_with("\r\n\r\n426 Upgrade Required\n"));
-        assert!(accept_response("abc").ends_with("Sec-WebSocket-Accept: abc\r\n\r\n"));
+        assert!(accept_response("abc", None).ends_with("Sec-WebSocket-Accept: abc\r\n\r\n"));
+        assert!(
+            accept_response("abc", Some("permessage-deflate")).ends_with(
+                "Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+            )
+        );
+    }
+
+    fn accepted(extra: &str) -> UpgradeRequest {
+        match decide(upgrade("/ws?room=a&x=%20", extra).as_bytes(), "/ws") {
+            Ok(Some((Decision::Accept { request, .. }, _))) => request,
+            _ => panic!("not accepted"),
+        }
+    }
+
+    #[test]
+    fn checks_the_origin_against_the_allowed_list() {
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(accepted("Origin: https://app.example\r\n").origin_allowed(&allowed));
+        assert!(accepted("Origin: HTTPS://APP.example/\r\n").origin_allowed(&allowed));
+        assert!(!accepted("Origin: https://evil.example\r\n").origin_allowed(&allowed));
+        assert!(!accepted("Origin: null\r\n").origin_allowed(&allowed));
+        // Not from a browser page: no Origin to check.
+        assert!(accepted("").origin_allowed(&allowed));
+        assert!(accepted("Origin: https://evil.example\r\n").origin_allowed(&[]));
+    }
+
+    #[test]
+    fn gives_callbacks_the_request_as_json() {
+        let request = accepted("Cookie: a=1\r\nCookie: b=2\r\nX-Tag: one\r\nX-Tag: two\r\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&request.to_json("id-1", "127.0.0.1:5000")).unwrap();
+        assert_eq!(json["clientId"], "id-1");
+        assert_eq!(json["remoteAddress"], "127.0.0.1:5000");
+        assert_eq!(json["url"], "/ws?room=a&x=%20");
+        assert_eq!(json["headers"]["cookie"], "a=1; b=2");
+        assert_eq!(json["headers"]["x-tag"], "one, two");
+        assert_eq!(json["headers"]["sec-websocket-version"], "13");
     }
 }

@@ -5,13 +5,13 @@
 //! under it. Empty rooms and users are removed, as in the TypeScript helper.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::frame::{close_code, close_frame, text_payload};
+use crate::frame::{close_code, close_frame, OutboundText};
 use crate::outbox::{Outbox, Push};
 
 pub type ClientId = Arc<str>;
@@ -42,8 +42,15 @@ pub struct ClientHandle {
     pub remote_address: String,
     pub connected_at: u64,
     last_activity: AtomicU64,
+    /// When the peer last sent anything (any frame, pongs included), in
+    /// [`crate::server::monotonic_ms`]: what `idleTimeout` measures.
+    last_received: AtomicU64,
+    /// A transport ping went out and nothing has arrived since.
+    ping_outstanding: AtomicBool,
     outbox: Outbox,
     close_on_backpressure_limit: bool,
+    /// permessage-deflate was negotiated: text messages may go out compressed.
+    deflate: bool,
     /// Signalled once when a close frame is queued, so the reader stops routing messages.
     close_started: Notify,
     /// Set once, never cleared: encryption cannot be turned off for a connection.
@@ -72,14 +79,18 @@ impl ClientHandle {
         now: u64,
         backpressure_limit: usize,
         close_on_backpressure_limit: bool,
+        deflate: bool,
     ) -> Self {
         ClientHandle {
             id,
             remote_address,
             connected_at: now,
             last_activity: AtomicU64::new(now),
+            last_received: AtomicU64::new(crate::server::monotonic_ms()),
+            ping_outstanding: AtomicBool::new(false),
             outbox: Outbox::new(backpressure_limit),
             close_on_backpressure_limit,
+            deflate,
             close_started: Notify::new(),
             encryption: OnceLock::new(),
         }
@@ -104,6 +115,12 @@ impl ClientHandle {
             self.close(close_code::POLICY_VIOLATION, "Backpressure limit exceeded");
         }
         result
+    }
+
+    /// Queues a text message, compressed when this client negotiated permessage-deflate
+    /// and compressing pays.
+    pub fn send_text(&self, message: &OutboundText) -> Push {
+        self.send(message.frame(self.deflate))
     }
 
     /// Starts the close handshake. Returns false when the connection is already closing.
@@ -134,6 +151,24 @@ impl ClientHandle {
     pub fn last_activity(&self) -> u64 {
         self.last_activity.load(Ordering::Relaxed)
     }
+
+    /// The peer sent something (transport traffic, not necessarily a message).
+    pub fn received(&self, monotonic_now: u64) {
+        self.last_received.store(monotonic_now, Ordering::Relaxed);
+        if self.ping_outstanding.load(Ordering::Relaxed) {
+            self.ping_outstanding.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the peer has been silent, for the idle sweep.
+    pub fn silent_for(&self, monotonic_now: u64) -> u64 {
+        monotonic_now.saturating_sub(self.last_received.load(Ordering::Relaxed))
+    }
+
+    /// Marks a transport ping as sent; false when one is already waiting for traffic.
+    pub fn start_ping(&self) -> bool {
+        !self.ping_outstanding.swap(true, Ordering::Relaxed)
+    }
 }
 
 struct Entry {
@@ -151,6 +186,9 @@ pub struct ClientSnapshot {
     pub state: ClientState,
     pub rooms: Vec<String>,
     pub backpressured: bool,
+    /// Frames dropped because the queue was over its limit, over the connection's life.
+    pub dropped_messages: u64,
+    pub buffered_amount: usize,
     pub encrypted: bool,
     pub server_public_key: Option<String>,
     pub salt: Option<String>,
@@ -417,6 +455,8 @@ impl Hub {
             state: entry.state,
             rooms: entry.rooms.iter().map(|room| room.to_string()).collect(),
             backpressured: entry.handle.outbox().is_backpressured(),
+            dropped_messages: entry.handle.outbox().dropped(),
+            buffered_amount: entry.handle.outbox().buffered(),
             encrypted: encryption.is_some(),
             server_public_key: encryption.and_then(|e| e.server_public_key.clone()),
             salt: encryption.and_then(|e| e.salt.clone()),
@@ -469,28 +509,26 @@ impl Hub {
     }
 
     /// Hands a message for encrypted recipients to the transformer.
-    fn transform(&self, frame: &Bytes, clients: Vec<ClientId>) {
-        if let (Some(delivery), Some(message)) =
-            (self.encrypted_delivery.get(), text_payload(frame))
-        {
-            delivery.transform(message, clients);
+    fn transform(&self, message: &OutboundText, clients: Vec<ClientId>) {
+        if let Some(delivery) = self.encrypted_delivery.get() {
+            delivery.transform(message.text(), clients);
         }
     }
 
-    /// Queues a frame for one client without the transformer (`socket.send`, and what the
+    /// Queues a message for one client without the transformer (`socket.send`, and what the
     /// transformer produced).
-    pub fn send_as_is(&self, id: &str, frame: Bytes) -> Option<Push> {
-        Some(self.handle(id)?.send(frame))
+    pub fn send_as_is(&self, id: &str, message: &OutboundText) -> Option<Push> {
+        Some(self.handle(id)?.send_text(message))
     }
 
-    pub fn send_to_client(&self, id: &str, frame: Bytes) -> Option<Push> {
+    pub fn send_to_client(&self, id: &str, message: &OutboundText) -> Option<Push> {
         let handle = self.handle(id)?;
         if handle.is_encrypted() && self.encrypted_delivery.get().is_some() {
-            self.transform(&frame, vec![handle.id.clone()]);
+            self.transform(message, vec![handle.id.clone()]);
             // Sent once the transformer is done; what Bun's send() would report for it.
-            return Some(Push::Queued(frame.len()));
+            return Some(Push::Queued(message.len()));
         }
-        Some(handle.send(frame))
+        Some(handle.send_text(message))
     }
 
     /// Queues the shared frame for every plain member; encrypted members (when a transformer
@@ -498,7 +536,7 @@ impl Hub {
     fn deliver(
         &self,
         members: Option<&Members>,
-        frame: &Bytes,
+        message: &OutboundText,
         exclude: &[String],
     ) -> (usize, Vec<ClientId>) {
         let Some(members) = members else {
@@ -518,7 +556,7 @@ impl Hub {
                 continue;
             }
             if matches!(
-                handle.send(frame.clone()),
+                handle.send_text(message),
                 Push::Queued(_) | Push::Backpressured
             ) {
                 delivered += 1;
@@ -532,30 +570,30 @@ impl Hub {
     fn deliver_to(
         &self,
         members: impl FnOnce(&Index) -> Option<&Members>,
-        frame: &Bytes,
+        message: &OutboundText,
         exclude: &[String],
     ) -> usize {
         let (delivered, encrypted) = {
             let index = self.read();
-            self.deliver(members(&index), frame, exclude)
+            self.deliver(members(&index), message, exclude)
         };
         if !encrypted.is_empty() {
-            self.transform(frame, encrypted);
+            self.transform(message, encrypted);
         }
         delivered
     }
 
-    /// Returns how many clients the frame was queued (or handed to the transformer) for.
-    pub fn send_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
-        self.deliver_to(|index| index.users.get(user_id), frame, &[])
+    /// Returns how many clients the message was queued (or handed to the transformer) for.
+    pub fn send_to_user(&self, user_id: &str, message: &OutboundText) -> usize {
+        self.deliver_to(|index| index.users.get(user_id), message, &[])
     }
 
-    pub fn send_to_room(&self, room: &str, frame: &Bytes, exclude: &[String]) -> usize {
-        self.deliver_to(|index| index.rooms.get(room), frame, exclude)
+    pub fn send_to_room(&self, room: &str, message: &OutboundText, exclude: &[String]) -> usize {
+        self.deliver_to(|index| index.rooms.get(room), message, exclude)
     }
 
-    pub fn broadcast(&self, frame: &Bytes, exclude: &[String]) -> usize {
-        self.deliver_to(|index| Some(&index.authenticated), frame, exclude)
+    pub fn broadcast(&self, message: &OutboundText, exclude: &[String]) -> usize {
+        self.deliver_to(|index| Some(&index.authenticated), message, exclude)
     }
 
     pub fn clear(&self) {
@@ -574,6 +612,7 @@ mod tests {
             1000,
             1 << 20,
             false,
+            id.starts_with('z'),
         ));
         hub.register(handle.clone());
         handle
@@ -654,14 +693,21 @@ mod tests {
         let a = authenticated(&hub, "a", Some("u"));
         let b = authenticated(&hub, "b", Some("u"));
         let pending = client(&hub, "c");
-        let frame = Bytes::from_static(b"frame");
-        assert_eq!(hub.broadcast(&frame, &[]), 2);
-        assert_eq!(hub.broadcast(&frame, &["a".into()]), 1);
-        assert_eq!(hub.send_to_room("ws-default", &frame, &["b".into()]), 1);
-        assert_eq!(hub.send_to_room("nowhere", &frame, &[]), 0);
-        assert_eq!(hub.send_to_user("u", &frame), 2);
-        assert!(hub.send_to_client("c", frame.clone()).is_some());
-        assert!(hub.send_to_client("nobody", frame.clone()).is_none());
+        let message = OutboundText::new(&"frame ".repeat(50));
+        let frame = message.frame(false);
+        let frame = &frame;
+        let compressed = authenticated(&hub, "z", None);
+        let message = &message;
+        assert_eq!(hub.broadcast(message, &["z".into()]), 2);
+        assert_eq!(hub.broadcast(message, &["a".into(), "z".into()]), 1);
+        assert_eq!(
+            hub.send_to_room("ws-default", message, &["b".into(), "z".into()]),
+            1
+        );
+        assert_eq!(hub.send_to_room("nowhere", message, &[]), 0);
+        assert_eq!(hub.send_to_user("u", message), 2);
+        assert!(hub.send_to_client("c", message).is_some());
+        assert!(hub.send_to_client("nobody", message).is_none());
         let a_frames = a.outbox().take().await.unwrap().frames;
         assert_eq!(a_frames.len(), 3);
         // The same allocation reached every queue.
@@ -670,9 +716,14 @@ mod tests {
         assert_eq!(pending.outbox().take().await.unwrap().frames.len(), 1);
         let many: Vec<String> = (0..20)
             .map(|i| format!("x{i}"))
-            .chain(["b".to_string()])
+            .chain(["b".to_string(), "z".to_string()])
             .collect();
-        assert_eq!(hub.broadcast(&frame, &many), 1);
+        assert_eq!(hub.broadcast(message, &many), 1);
+        // A client that negotiated permessage-deflate gets the one compressed frame.
+        assert_eq!(hub.send_to_room("ws-default", message, &[]), 3);
+        let z_frame = compressed.outbox().take().await.unwrap().frames.remove(0);
+        assert_eq!(z_frame[0], 0xC1);
+        assert_eq!(z_frame.as_ptr(), message.frame(true).as_ptr());
     }
 
     #[test]

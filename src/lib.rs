@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod dispatch;
 pub mod error;
 pub mod frame;

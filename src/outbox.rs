@@ -174,6 +174,11 @@ impl Outbox {
         self.lock().dropped
     }
 
+    /// Bytes queued or being written: Bun's `getBufferedAmount()`.
+    pub fn buffered(&self) -> usize {
+        self.lock().pending_bytes
+    }
+
     /// Waits for frames. `None` when the writer should stop.
     pub async fn take(&self) -> Option<Batch> {
         loop {

@@ -11,28 +11,28 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::frame::OutboundText;
 use crate::hub::Hub;
 
 /// One send, with its already-framed message.
 pub enum Delivery {
     Client {
         client_id: String,
-        frame: Bytes,
+        message: OutboundText,
     },
     User {
         user_id: String,
-        frame: Bytes,
+        message: OutboundText,
     },
     Room {
         room: String,
-        frame: Bytes,
+        message: OutboundText,
         exclude: Vec<String>,
     },
     Broadcast {
-        frame: Bytes,
+        message: OutboundText,
         exclude: Vec<String>,
     },
 }
@@ -40,21 +40,21 @@ pub enum Delivery {
 impl Delivery {
     fn perform(self, hub: &Hub) {
         match self {
-            Delivery::Client { client_id, frame } => {
-                hub.send_to_client(&client_id, frame);
+            Delivery::Client { client_id, message } => {
+                hub.send_to_client(&client_id, &message);
             }
-            Delivery::User { user_id, frame } => {
-                hub.send_to_user(&user_id, &frame);
+            Delivery::User { user_id, message } => {
+                hub.send_to_user(&user_id, &message);
             }
             Delivery::Room {
                 room,
-                frame,
+                message,
                 exclude,
             } => {
-                hub.send_to_room(&room, &frame, &exclude);
+                hub.send_to_room(&room, &message, &exclude);
             }
-            Delivery::Broadcast { frame, exclude } => {
-                hub.broadcast(&frame, &exclude);
+            Delivery::Broadcast { message, exclude } => {
+                hub.broadcast(&message, &exclude);
             }
         }
     }
@@ -156,7 +156,9 @@ pub fn has_more_than_one_core() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::text_payload;
     use crate::hub::{AuthStart, ClientHandle};
+    use bytes::Bytes;
 
     fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
         let handle = Arc::new(ClientHandle::new(
@@ -164,6 +166,7 @@ mod tests {
             String::new(),
             0,
             1 << 30,
+            false,
             false,
         ));
         hub.register(handle.clone());
@@ -191,16 +194,16 @@ mod tests {
             let _ = stop_rx.await;
         }));
         for i in 0..100u8 {
-            let frame = Bytes::from(vec![i]);
+            let message = OutboundText::new(&i.to_string());
             sender.send(if i % 2 == 0 {
                 Delivery::Client {
                     client_id: "a".into(),
-                    frame,
+                    message,
                 }
             } else {
                 Delivery::Room {
                     room: "room".into(),
-                    frame,
+                    message,
                     exclude: vec![],
                 }
             });
@@ -208,7 +211,10 @@ mod tests {
         let _ = stop_tx.send(());
         task.await.unwrap();
         let frames = received(&a).await;
-        let order: Vec<u8> = frames.iter().map(|frame| frame[0]).collect();
+        let order: Vec<u8> = frames
+            .iter()
+            .map(|frame| text_payload(frame).unwrap().parse().unwrap())
+            .collect();
         assert_eq!(order, (0..100).collect::<Vec<u8>>());
     }
 
@@ -220,7 +226,7 @@ mod tests {
         let sender = Sender::new(hub.clone(), false);
         for _ in 0..HIGH_WATER {
             sender.send(Delivery::Broadcast {
-                frame: Bytes::from_static(b"x"),
+                message: OutboundText::new("x"),
                 exclude: vec![],
             });
         }
@@ -235,12 +241,12 @@ mod tests {
         let sender = Sender::new(hub.clone(), true);
         sender.send(Delivery::User {
             user_id: "nobody".into(),
-            frame: Bytes::from_static(b"x"),
+            message: OutboundText::new("x"),
         });
         sender.send(Delivery::Client {
             client_id: "a".into(),
-            frame: Bytes::from_static(b"y"),
+            message: OutboundText::new("y"),
         });
-        assert_eq!(received(&a).await, vec![Bytes::from_static(b"y")]);
+        assert_eq!(received(&a).await, vec![Bytes::from_static(b"\x81\x01y")]);
     }
 }

@@ -13,7 +13,7 @@ use crate::config::{ServerConfig, CLOSE_GRACE};
 use crate::connection;
 use crate::dispatch::{Dispatcher, JsBridge, JsNotice, LogLevel, Outcome};
 use crate::error::Error;
-use crate::frame::{close_code, text_frame};
+use crate::frame::{close_code, OutboundText};
 use crate::hub::{ClientId, EncryptedDelivery, Hub};
 use crate::outbox::Push;
 use crate::sender::{self, Sender};
@@ -23,6 +23,16 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds on a monotonic clock (since the first call): for durations that must not
+/// jump with the wall clock.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// State shared by the listener, every connection and the JS-facing API.
@@ -138,6 +148,7 @@ impl Server {
         let tasks = vec![
             tokio::spawn(accept_loop(core.clone(), listener)),
             tokio::spawn(heartbeat_loop(core.clone())),
+            tokio::spawn(idle_loop(core.clone())),
             tokio::spawn(core.sender.clone().run(async move {
                 let _ = stop_sender.wait_for(|stopped| *stopped).await;
             })),
@@ -183,10 +194,10 @@ impl Server {
     /// `socket.send(data)` of one client, or a message the transformer produced for it:
     /// a text frame as it is (never transformed), Bun's return convention.
     pub fn send_text(&self, client_id: &str, text: &str) -> i64 {
-        let frame = text_frame(text);
+        let message = OutboundText::new(text);
         self.core
             .sender
-            .now(|hub| hub.send_as_is(client_id, frame))
+            .now(|hub| hub.send_as_is(client_id, &message))
             .unwrap_or(Push::Closed)
             .as_bun_send_result()
     }
@@ -296,6 +307,48 @@ async fn heartbeat_loop(core: Arc<Core>) {
     }
 }
 
+/// Transport idleness (`serverOptions.idleTimeout`, `sendPings`): a connection that sent
+/// nothing for half the timeout gets a ping (with `sendPings`); one silent for the whole
+/// timeout is closed with 1001. One sweep over all connections instead of a timer each:
+/// connections stay small, and a sweep of 10,000 handles is a few microseconds of work
+/// per tick.
+async fn idle_loop(core: Arc<Core>) {
+    let idle = core.config.idle_timeout;
+    if idle.is_zero() {
+        return;
+    }
+    let mut stop = core.stop.subscribe();
+    let period = (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_ms = idle.as_millis() as u64;
+    let ping = crate::frame::encode_frame(crate::frame::OP_PING, b"");
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let now = monotonic_ms();
+        for handle in core.hub.all_handles() {
+            let silent = handle.silent_for(now);
+            if silent >= idle_ms {
+                if handle.close(close_code::GOING_AWAY, "Idle timeout") {
+                    core.log(
+                        LogLevel::Info,
+                        format_args!("Idle timeout | id: {} | silentMs: {silent}", handle.id),
+                    );
+                }
+            } else if core.config.send_pings
+                && silent >= idle_ms / 2
+                && !handle.is_closing()
+                && handle.start_ping()
+            {
+                handle.send(ping.clone());
+            }
+        }
+    }
+}
+
 /// How often the subscription proves it still receives, and how long the proof may take.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -312,20 +365,20 @@ impl BrokerEvents for BrokerLink {
         let hub = &core.hub;
         match incoming {
             Incoming::Broadcast { frame, exclude } => {
-                hub.broadcast(&text_frame(&frame), &exclude);
+                hub.broadcast(&OutboundText::new(&frame), &exclude);
             }
             Incoming::Room {
                 room,
                 frame,
                 exclude,
             } => {
-                hub.send_to_room(&room, &text_frame(&frame), &exclude);
+                hub.send_to_room(&room, &OutboundText::new(&frame), &exclude);
             }
             Incoming::Client { client_id, frame } => {
-                hub.send_to_client(&client_id, text_frame(&frame));
+                hub.send_to_client(&client_id, &OutboundText::new(&frame));
             }
             Incoming::User { user_id, frame } => {
-                hub.send_to_user(&user_id, &text_frame(&frame));
+                hub.send_to_user(&user_id, &OutboundText::new(&frame));
             }
             Incoming::Ignored => {}
         }

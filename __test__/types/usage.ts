@@ -17,8 +17,9 @@ interface UserMetadata extends Record<string, unknown> {
   permissions: string[];
 }
 
-const authenticateFn: TWebSocketAuthenticateFn<AuthPayload, UserMetadata> = async data => {
-  if (!data.token) {
+const authenticateFn: TWebSocketAuthenticateFn<AuthPayload, UserMetadata> = async (data, request) => {
+  const session = request?.headers.cookie?.split('; ').find(cookie => cookie.startsWith('session='));
+  if (!data.token && !session && request?.query.token === undefined) {
     return null;
   }
   return { userId: 'u', metadata: { role: 'admin', permissions: [] } };
@@ -29,6 +30,10 @@ const options: IWebSocketServerOptions<AuthPayload, UserMetadata> = {
   redisConnection: 'standalone',
   port: 0,
   authenticateFn,
+  allowedOrigins: ['https://app.example.com'],
+  upgradeTimeout: 5000,
+  verifyUpgradeFn: async request => (request.remoteAddress.startsWith('10.') ? { status: 403 } : true),
+  serverOptions: { perMessageDeflate: true, idleTimeout: 30, sendPings: true, backpressureLimit: 1 << 20 },
   clientConnectedFn: ({ metadata }) => {
     if (metadata?.role === 'admin') {
       console.log(metadata.permissions.length);
@@ -42,6 +47,7 @@ export async function main(): Promise<void> {
   const all: Map<string, IWebSocketClient<UserMetadata>> = helper.getClients();
   const one: IWebSocketClient<UserMetadata> | undefined = helper.getClients({ id: 'x' });
   console.log(all.size, one?.metadata?.role, helper.getPort(), WebSocketChannels.forRoom({ room: 'r' }));
+  console.log(one?.droppedMessages, one?.socket.getBufferedAmount());
   helper.send({ destination: 'room', payload: { topic: 't', data: { n: 1 } }, cb: () => {} });
   await helper.shutdown();
 }

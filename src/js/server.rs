@@ -12,7 +12,7 @@ use super::to_js_error;
 use crate::broker::{RedisNodes, RedisTarget, RedisTls};
 use crate::config::ServerConfig;
 use crate::error::Error;
-use crate::frame::text_frame;
+use crate::frame::OutboundText;
 use crate::hub::ClientSnapshot;
 use crate::sender::Delivery;
 use crate::server::{self, Server};
@@ -29,6 +29,13 @@ pub struct NativeServerOptions {
     pub heartbeat_timeout: u32,
     pub callback_timeout: u32,
     pub max_payload_length: u32,
+    /// Seconds; 0: never.
+    pub idle_timeout: u32,
+    pub send_pings: bool,
+    pub upgrade_timeout: u32,
+    pub allowed_origins: Vec<String>,
+    pub has_verify_upgrade_fn: bool,
+    pub per_message_deflate: bool,
     pub backpressure_limit: u32,
     pub close_on_backpressure_limit: bool,
     pub has_validate_room_fn: bool,
@@ -94,6 +101,12 @@ impl From<NativeServerOptions> for ServerConfig {
             heartbeat_timeout: ms(options.heartbeat_timeout),
             callback_timeout: ms(options.callback_timeout),
             max_payload_length: options.max_payload_length as usize,
+            idle_timeout: Duration::from_secs(u64::from(options.idle_timeout)),
+            send_pings: options.send_pings,
+            upgrade_timeout: ms(options.upgrade_timeout),
+            allowed_origins: options.allowed_origins,
+            has_verify_upgrade_fn: options.has_verify_upgrade_fn,
+            per_message_deflate: options.per_message_deflate,
             backpressure_limit: options.backpressure_limit as usize,
             close_on_backpressure_limit: options.close_on_backpressure_limit,
             has_validate_room_fn: options.has_validate_room_fn,
@@ -117,6 +130,8 @@ pub struct ClientInfo {
     pub state: String,
     pub rooms: Vec<String>,
     pub backpressured: bool,
+    pub dropped_messages: f64,
+    pub buffered_amount: f64,
     pub encrypted: bool,
     pub server_public_key: Option<String>,
     pub salt: Option<String>,
@@ -133,6 +148,8 @@ impl From<ClientSnapshot> for ClientInfo {
             state: snapshot.state.as_str().to_string(),
             rooms: snapshot.rooms,
             backpressured: snapshot.backpressured,
+            dropped_messages: snapshot.dropped_messages as f64,
+            buffered_amount: snapshot.buffered_amount as f64,
             encrypted: snapshot.encrypted,
             server_public_key: snapshot.server_public_key,
             salt: snapshot.salt,
@@ -261,7 +278,7 @@ impl NativeServer {
     pub fn send_to_client(&self, client_id: String, message: String) {
         self.deliver(Delivery::Client {
             client_id,
-            frame: text_frame(&message),
+            message: OutboundText::new(&message),
         });
     }
 
@@ -269,7 +286,7 @@ impl NativeServer {
     pub fn send_to_user(&self, user_id: String, message: String) {
         self.deliver(Delivery::User {
             user_id,
-            frame: text_frame(&message),
+            message: OutboundText::new(&message),
         });
     }
 
@@ -277,7 +294,7 @@ impl NativeServer {
     pub fn send_to_room(&self, room: String, message: String, exclude: Option<Vec<String>>) {
         self.deliver(Delivery::Room {
             room,
-            frame: text_frame(&message),
+            message: OutboundText::new(&message),
             exclude: exclude.unwrap_or_default(),
         });
     }
@@ -285,7 +302,7 @@ impl NativeServer {
     #[napi]
     pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) {
         self.deliver(Delivery::Broadcast {
-            frame: text_frame(&message),
+            message: OutboundText::new(&message),
             exclude: exclude.unwrap_or_default(),
         });
     }

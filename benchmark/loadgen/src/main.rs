@@ -17,6 +17,10 @@
 //! - `cross`: receivers on `--url`, the driver on another instance (`--driver-url`) asks it for
 //!   `send()` without destination, which reaches the receivers through Redis.
 //! - `echo`: every client in a closed loop through the server's `messageHandler`.
+//!
+//! `--slow N` (fanout, rooms, cross) adds N slow consumers: clients that authenticate on the
+//! receivers' server with a 4 KB socket receive buffer and then never read, so the server's
+//! queue for them fills. They are not counted as receivers.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -62,6 +66,7 @@ struct Args {
     warmup: Duration,
     rooms: usize,
     payload: usize,
+    slow: usize,
 }
 
 fn parse_args() -> Args {
@@ -76,6 +81,7 @@ fn parse_args() -> Args {
         warmup: Duration::from_secs(2),
         rooms: 10,
         payload: 64,
+        slow: 0,
     };
     let mut raw = std::env::args().skip(1);
     args.scenario = raw.next().unwrap_or_else(|| usage("missing scenario"));
@@ -98,6 +104,7 @@ fn parse_args() -> Args {
             "--warmup" => args.warmup = Duration::from_secs(number()),
             "--rooms" => args.rooms = number().max(1) as usize,
             "--payload" => args.payload = number() as usize,
+            "--slow" => args.slow = number() as usize,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -105,7 +112,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|cross|echo [--url U] [--driver-url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES]");
+    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|cross|echo [--url U] [--driver-url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES] [--slow N]");
     std::process::exit(2)
 }
 
@@ -139,6 +146,31 @@ async fn connect_authenticated(url: &str, user: &str) -> Result<(Sink, Stream), 
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| e.to_string())?;
+    authenticate(ws, user).await
+}
+
+/// A client whose socket can buffer almost nothing: once it stops reading, the server's
+/// queue for it fills within a few messages.
+async fn connect_stalled(url: &str, user: &str) -> Result<(Sink, Stream), String> {
+    let address = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .set_recv_buffer_size(4096)
+        .map_err(|e| e.to_string())?;
+    let tcp = socket.connect(address).await.map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    authenticate(ws, user).await
+}
+
+async fn authenticate(ws: Ws, user: &str) -> Result<(Sink, Stream), String> {
     let (mut sink, mut stream) = ws.split();
     let auth = format!(r#"{{"event":"authenticate","data":{{"user":"{user}"}}}}"#);
     sink.send(Message::text(auth))
@@ -305,6 +337,14 @@ async fn fanout_scenario(args: &Args, mode: Fanout) -> serde_json::Value {
         spawn_receiver(stream, window.clone(), tally.clone());
         sinks.push(sink);
     }
+    // Held, never polled: nothing is read from these sockets again.
+    let mut stalled = Vec::with_capacity(args.slow);
+    for i in 0..args.slow {
+        match connect_stalled(&args.url, &format!("slow-{i}")).await {
+            Ok(connection) => stalled.push(connection),
+            Err(error) => eprintln!("loadgen: slow consumer {i} could not connect: {error}"),
+        }
+    }
     let driver_url = args.driver_url.as_deref().unwrap_or(&args.url);
     let (mut driver, driver_stream) = connect_authenticated(driver_url, "driver")
         .await
@@ -376,6 +416,7 @@ async fn fanout_scenario(args: &Args, mode: Fanout) -> serde_json::Value {
     drop(sinks);
     serde_json::json!({
         "receivers": args.clients - failures,
+        "slow_consumers": stalled.len(),
         "failures": failures,
         "rate": args.rate,
         "requests_sent": sent,
