@@ -39,6 +39,8 @@ describe('the upgrade request', () => {
     assert.equal(request.url, '/ws?room=lobby&tag=a%20b');
     assert.equal(request.path, '/ws');
     assert.deepEqual(request.query, { room: 'lobby', tag: 'a b' });
+    // path and query are computed on first read, and kept when the request is logged as JSON.
+    assert.deepEqual(JSON.parse(JSON.stringify(request)).query, { room: 'lobby', tag: 'a b' });
     assert.equal(request.headers.cookie, 'session=abc');
     assert.equal(request.headers['x-tenant'], 'acme');
     assert.equal(request.headers.upgrade, 'websocket');

@@ -45,16 +45,34 @@ function isThenable(value) {
 
 /**
  * The upgrade request as the application sees it (`IWebSocketUpgradeRequest`): what Rust sent
- * (`clientId`, `remoteAddress`, `url`, `headers` with lower-case names) plus `path` and `query`.
+ * (`clientId`, `remoteAddress`, `url`, `headers` with lower-case names), plus `path` and
+ * `query`, computed when first read (most authenticateFn never look).
  */
-function upgradeRequest(request) {
-  if (!request) {
-    return undefined;
+class UpgradeRequest {
+  constructor({ clientId, remoteAddress, url, headers }) {
+    this.clientId = clientId;
+    this.remoteAddress = remoteAddress;
+    this.url = url;
+    this.headers = headers;
   }
-  const queryStart = request.url.indexOf('?');
-  const path = queryStart === -1 ? request.url : request.url.slice(0, queryStart);
-  const query = Object.fromEntries(new URLSearchParams(queryStart === -1 ? '' : request.url.slice(queryStart + 1)));
-  return { ...request, path, query };
+
+  get path() {
+    const queryStart = this.url.indexOf('?');
+    return queryStart === -1 ? this.url : this.url.slice(0, queryStart);
+  }
+
+  get query() {
+    const queryStart = this.url.indexOf('?');
+    return Object.fromEntries(new URLSearchParams(queryStart === -1 ? '' : this.url.slice(queryStart + 1)));
+  }
+
+  toJSON() {
+    return { ...this, path: this.path, query: this.query };
+  }
+}
+
+function upgradeRequest(request) {
+  return request ? new UpgradeRequest(request) : undefined;
 }
 
 /** verifyUpgradeFn's verdict as Rust reads it: 0 accepts, otherwise the HTTP status to refuse with. */

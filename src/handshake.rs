@@ -6,6 +6,8 @@
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::protocol::json_string;
+
 /// Upgrade requests larger than this are refused (431).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -56,24 +58,35 @@ impl UpgradeRequest {
     /// The request as JSON for the application's callbacks: `{ clientId, remoteAddress,
     /// url, headers }`, with repeated headers joined as HTTP allows (`; ` for cookies).
     pub fn to_json(&self, client_id: &str, remote_address: &str) -> String {
-        let mut headers = serde_json::Map::new();
+        // Written by hand: this runs for every connection, and a request has a dozen headers.
+        let mut merged: Vec<(&str, String)> = Vec::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
-            let joined = match headers.remove(name) {
-                Some(serde_json::Value::String(earlier)) => {
-                    let separator = if name == "cookie" { "; " } else { ", " };
-                    format!("{earlier}{separator}{value}")
+            match merged.iter_mut().find(|(seen, _)| seen == name) {
+                Some((_, joined)) => {
+                    joined.push_str(if name == "cookie" { "; " } else { ", " });
+                    joined.push_str(value);
                 }
-                _ => value.clone(),
-            };
-            headers.insert(name.clone(), serde_json::Value::String(joined));
+                None => merged.push((name, value.clone())),
+            }
         }
-        serde_json::json!({
-            "clientId": client_id,
-            "remoteAddress": remote_address,
-            "url": self.url,
-            "headers": headers,
-        })
-        .to_string()
+        let mut out = String::with_capacity(128 + self.url.len() + 64 * merged.len());
+        out.push_str("{\"clientId\":");
+        out.push_str(&json_string(client_id));
+        out.push_str(",\"remoteAddress\":");
+        out.push_str(&json_string(remote_address));
+        out.push_str(",\"url\":");
+        out.push_str(&json_string(&self.url));
+        out.push_str(",\"headers\":{");
+        for (i, (name, value)) in merged.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_string(name));
+            out.push(':');
+            out.push_str(&json_string(value));
+        }
+        out.push_str("}}");
+        out
     }
 }
 

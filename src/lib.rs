@@ -19,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod hub;
+#[cfg(feature = "addon")]
 pub mod js;
 pub mod outbox;
 pub mod protocol;
