@@ -5,7 +5,7 @@
 //! keeps the application's callbacks, which the server calls in batches through one
 //! threadsafe function (see `dispatch`).
 //!
-//! Core modules (`protocol`, `frame`, `handshake`, `outbox`, `hub`, `dispatch`, `sender`,
+//! Core modules (`protocol`, `frame`, `deflate`, `handshake`, `outbox`, `hub`, `dispatch`, `sender`,
 //! `connection`, `server`) take no napi types and are tested with `cargo test`; `js` is the
 //! thin napi layer.
 #![deny(clippy::all)]
