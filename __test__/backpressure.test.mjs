@@ -1,22 +1,11 @@
-import net from 'node:net';
-
 import { after, assert, describe, it } from './support/framework.mjs';
-import { authenticatedClient, clientFrame, startServer, upgradeRequest, waitUntil } from './support/helpers.mjs';
+import { authenticatedClient, rawAuthenticatedClient, startServer, waitUntil } from './support/helpers.mjs';
 
 /** A raw client that authenticates and then stops reading from its socket. */
 async function stalledClient(port) {
-  const socket = net.connect(port, '127.0.0.1');
-  let received = Buffer.alloc(0);
-  socket.on('data', chunk => (received = Buffer.concat([received, chunk])));
-  await new Promise(resolve => socket.on('connect', resolve));
-  socket.write(Buffer.concat([
-    Buffer.from(upgradeRequest()),
-    clientFrame(0x81, JSON.stringify({ event: 'authenticate', data: { token: 't' } })),
-  ]));
-  await waitUntil(() => received.includes('"event":"connected"'));
-  const id = received.toString('latin1').match(/"id":"([0-9a-f-]{36})"/)[1];
-  socket.pause();
-  return { socket, id, bytes: () => received.length };
+  const client = await rawAuthenticatedClient(port);
+  client.socket.pause();
+  return client;
 }
 
 describe('backpressure', () => {

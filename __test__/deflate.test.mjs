@@ -1,16 +1,7 @@
-import net from 'node:net';
 import zlib from 'node:zlib';
 
 import { after, assert, describe, it, runtime } from './support/framework.mjs';
-import {
-  afterHandshake,
-  clientFrame,
-  parseServerFrames,
-  serverPool,
-  TestClient,
-  upgradeRequest,
-  waitUntil,
-} from './support/helpers.mjs';
+import { clientFrame, rawClient, serverPool, TestClient, waitUntil } from './support/helpers.mjs';
 
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 
@@ -23,34 +14,6 @@ function deflateMessage(text) {
 
 function inflateMessage(payload) {
   return zlib.inflateRawSync(Buffer.concat([payload, TAIL]), { finishFlush: zlib.constants.Z_SYNC_FLUSH }).toString();
-}
-
-/**
- * A client on a raw socket: upgrades with `extensions` (if any), then collects the server's
- * frames, noting RSV1 (compressed) on each.
- */
-async function rawClient(port, extensions) {
-  const socket = net.connect(port, '127.0.0.1');
-  let received = Buffer.alloc(0);
-  socket.on('data', chunk => (received = Buffer.concat([received, chunk])));
-  socket.on('error', () => {});
-  await new Promise(resolve => socket.on('connect', resolve));
-  socket.write(upgradeRequest('/ws', extensions ? `Sec-WebSocket-Extensions: ${extensions}\r\n` : ''));
-  await waitUntil(() => received.includes('\r\n\r\n'), 3000, 'the upgrade response');
-  const head = received.subarray(0, received.indexOf('\r\n\r\n')).toString('latin1');
-  const frames = () => {
-    const body = afterHandshake(received);
-    const list = parseServerFrames(body);
-    // parseServerFrames drops the first byte's RSV bits; read them from the same offsets.
-    let offset = 0;
-    for (const frame of list) {
-      frame.rsv1 = (body[offset] & 0x40) !== 0;
-      const short = body[offset + 1] & 0x7f;
-      offset += 2 + (short === 126 ? 2 : short === 127 ? 8 : 0) + frame.payload.length;
-    }
-    return list;
-  };
-  return { socket, head, frames, send: bytes => socket.write(bytes) };
 }
 
 const authenticateFrame = JSON.stringify({ event: 'authenticate', data: { token: 't' } });
@@ -72,7 +35,7 @@ describe('perMessageDeflate', () => {
       serverOptions: { perMessageDeflate: true },
       messageHandler: ({ clientId, message }) => server.sendToClient({ clientId, event: 'echo', data: message.data }),
     });
-    const client = await rawClient(server.getPort(), 'permessage-deflate; client_max_window_bits');
+    const client = await rawClient(server.getPort(), { extensions: 'permessage-deflate; client_max_window_bits' });
     servers.sockets = [client.socket];
     assert.match(client.head, /^HTTP\/1\.1 101 /);
     assert.match(
@@ -129,7 +92,7 @@ describe('perMessageDeflate', () => {
   });
 
   it('compresses a room message once and sends the plain frame to clients that did not offer', async () => {
-    const deflating = await rawClient(server.getPort(), 'permessage-deflate');
+    const deflating = await rawClient(server.getPort(), { extensions: 'permessage-deflate' });
     const plain = await rawClient(server.getPort());
     const wsPlain = await TestClient.open(server.url, { perMessageDeflate: false });
     servers.sockets.push(deflating.socket, plain.socket);
@@ -164,7 +127,7 @@ describe('perMessageDeflate', () => {
       [bomb, 1009],
       [Buffer.from([0xff, 0xff, 0xff, 0xff, 0x12]), 1007],
     ]) {
-      const attacker = await rawClient(small.getPort(), 'permessage-deflate');
+      const attacker = await rawClient(small.getPort(), { extensions: 'permessage-deflate' });
       attacker.send(clientFrame(0xc1, payload));
       await waitUntil(() => attacker.frames().some(frame => frame.opcode === 8), 3000, `close ${code}`);
       assert.equal(attacker.frames().find(frame => frame.opcode === 8).code, code);
@@ -190,7 +153,7 @@ describe('perMessageDeflate', () => {
     assert.equal(client.ws.extensions, '');
     await client.authenticate();
     await client.close();
-    const raw = await rawClient(off.getPort(), 'permessage-deflate');
+    const raw = await rawClient(off.getPort(), { extensions: 'permessage-deflate' });
     assert.doesNotMatch(raw.head, /Sec-WebSocket-Extensions/i);
     raw.socket.destroy();
   });

@@ -1,23 +1,5 @@
-import net from 'node:net';
-
 import { assert, describe, it } from './support/framework.mjs';
-import { afterHandshake, clientFrame, parseServerFrames, serverPool, sleep, TestClient, upgradeRequest, waitUntil } from './support/helpers.mjs';
-
-/** A raw client that upgrades, authenticates and then never answers anything (no pongs). */
-async function deafClient(port) {
-  const socket = net.connect(port, '127.0.0.1');
-  let received = Buffer.alloc(0);
-  let ended = false;
-  socket.on('data', chunk => (received = Buffer.concat([received, chunk])));
-  socket.on('close', () => (ended = true));
-  socket.on('error', () => {});
-  await new Promise(resolve => socket.on('connect', resolve));
-  socket.write(Buffer.concat([
-    Buffer.from(upgradeRequest()),
-    clientFrame(0x81, JSON.stringify({ event: 'authenticate', data: { token: 't' } })),
-  ]));
-  return { socket, frames: () => parseServerFrames(afterHandshake(received)), ended: () => ended };
-}
+import { rawAuthenticatedClient, serverPool, sleep, TestClient, waitUntil } from './support/helpers.mjs';
 
 describe('idleTimeout and sendPings', () => {
   const start = serverPool();
@@ -56,7 +38,8 @@ describe('idleTimeout and sendPings', () => {
     await live.authenticate();
     const pings = [];
     live.ws.on('ping', () => pings.push(Date.now()));
-    const deaf = await deafClient(server.getPort());
+    // Authenticates, then never answers anything (no pongs).
+    const deaf = await rawAuthenticatedClient(server.getPort());
     await waitUntil(() => deaf.ended(), 5000, 'the deaf client to be closed');
     const frames = deaf.frames();
     assert.ok(frames.some(frame => frame.opcode === 9), 'it was pinged first');

@@ -76,7 +76,6 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         close_deadline: None,
         discard_input: false,
         message_flow: None,
-        deflate: upgrade.deflate,
         request: Some(upgrade.request_json),
     };
     session.read_loop(&mut reader).await;
@@ -371,8 +370,6 @@ struct Session {
     discard_input: bool,
     /// Custom messages handed to JS and not yet handled; created with the first one.
     message_flow: Option<Arc<MessageFlow>>,
-    /// permessage-deflate was negotiated.
-    deflate: bool,
     /// The upgrade request as JSON, until `authenticateFn` has had it.
     request: Option<Box<str>>,
 }
@@ -451,17 +448,18 @@ impl Session {
                 consumed = self.buffer.len();
                 break Flow::Continue;
             }
-            let decoded = match frame::decode_frame(&self.buffer[consumed..], max, self.deflate) {
-                Ok(Some((frame, used))) => {
-                    consumed += used;
-                    frame
-                }
-                Ok(None) => break Flow::Continue,
-                Err(error) => {
-                    self.framing_error(error);
-                    continue;
-                }
-            };
+            let decoded =
+                match frame::decode_frame(&self.buffer[consumed..], max, self.handle.deflates()) {
+                    Ok(Some((frame, used))) => {
+                        consumed += used;
+                        frame
+                    }
+                    Ok(None) => break Flow::Continue,
+                    Err(error) => {
+                        self.framing_error(error);
+                        continue;
+                    }
+                };
             if let Flow::Stop = self.handle_frame(decoded).await {
                 break Flow::Stop;
             }

@@ -134,13 +134,9 @@ pub enum InflateError {
 pub fn decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
     DECOMPRESSOR.with(|decompressor| {
         let mut decompressor = decompressor.borrow_mut();
+        // Also discards whatever a failed message left half-read.
         decompressor.reset(false);
-        let result = inflate_into(&mut decompressor, payload, max);
-        if result.is_err() {
-            // Leave no half-read stream behind for the thread's next message.
-            decompressor.reset(false);
-        }
-        result
+        inflate_into(&mut decompressor, payload, max)
     })
 }
 

@@ -285,12 +285,8 @@ impl OutboundText {
     }
 
     /// The uncompressed frame's length: what Bun's `send()` reports as queued.
-    pub fn len(&self) -> usize {
+    pub fn plain_frame_len(&self) -> usize {
         self.plain.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.text().is_empty()
     }
 
     /// The frame for a recipient; `deflate`: it negotiated permessage-deflate.

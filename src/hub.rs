@@ -117,6 +117,11 @@ impl ClientHandle {
         result
     }
 
+    /// Whether permessage-deflate was negotiated (RSV1 may mark its messages).
+    pub fn deflates(&self) -> bool {
+        self.deflate
+    }
+
     /// Queues a text message, compressed when this client negotiated permessage-deflate
     /// and compressing pays.
     pub fn send_text(&self, message: &OutboundText) -> Push {
@@ -437,6 +442,17 @@ impl Hub {
             .collect()
     }
 
+    /// Every connection (authenticated or not) for which `select` holds, collected under
+    /// the read lock so only those are cloned out.
+    pub fn handles_where(&self, select: impl Fn(&ClientHandle) -> bool) -> Vec<Arc<ClientHandle>> {
+        self.read()
+            .clients
+            .values()
+            .filter(|entry| select(&entry.handle))
+            .map(|entry| entry.handle.clone())
+            .collect()
+    }
+
     /// Authenticated clients silent for more than `timeout_ms`.
     pub fn stale(&self, now: u64, timeout_ms: u64) -> Vec<Arc<ClientHandle>> {
         self.read()
@@ -526,7 +542,7 @@ impl Hub {
         if handle.is_encrypted() && self.encrypted_delivery.get().is_some() {
             self.transform(message, vec![handle.id.clone()]);
             // Sent once the transformer is done; what Bun's send() would report for it.
-            return Some(Push::Queued(message.len()));
+            return Some(Push::Queued(message.plain_frame_len()));
         }
         Some(handle.send_text(message))
     }

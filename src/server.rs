@@ -322,6 +322,12 @@ async fn idle_loop(core: Arc<Core>) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_ms = idle.as_millis() as u64;
+    // Below this much silence a connection needs nothing: neither a ping nor closing.
+    let attention_after = if core.config.send_pings {
+        idle_ms / 2
+    } else {
+        idle_ms
+    };
     let ping = crate::frame::encode_frame(crate::frame::OP_PING, b"");
     loop {
         tokio::select! {
@@ -329,7 +335,10 @@ async fn idle_loop(core: Arc<Core>) {
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let now = monotonic_ms();
-        for handle in core.hub.all_handles() {
+        for handle in core
+            .hub
+            .handles_where(|handle| handle.silent_for(now) >= attention_after)
+        {
             let silent = handle.silent_for(now);
             if silent >= idle_ms {
                 if handle.close(close_code::GOING_AWAY, "Idle timeout") {
@@ -338,11 +347,7 @@ async fn idle_loop(core: Arc<Core>) {
                         format_args!("Idle timeout | id: {} | silentMs: {silent}", handle.id),
                     );
                 }
-            } else if core.config.send_pings
-                && silent >= idle_ms / 2
-                && !handle.is_closing()
-                && handle.start_ping()
-            {
+            } else if core.config.send_pings && !handle.is_closing() && handle.start_ping() {
                 handle.send(ping.clone());
             }
         }

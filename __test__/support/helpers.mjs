@@ -229,6 +229,8 @@ export function parseServerFrames(buffer) {
   let offset = 0;
   while (offset + 2 <= buffer.length) {
     const opcode = buffer[offset] & 0x0f;
+    // RSV1: the message is compressed (permessage-deflate).
+    const rsv1 = (buffer[offset] & 0x40) !== 0;
     let length = buffer[offset + 1] & 0x7f;
     let start = offset + 2;
     if (length === 126) {
@@ -242,10 +244,45 @@ export function parseServerFrames(buffer) {
       break;
     }
     const payload = buffer.subarray(start, start + length);
-    frames.push({ opcode, payload, code: opcode === 8 && length >= 2 ? payload.readUInt16BE(0) : undefined });
+    frames.push({ opcode, rsv1, payload, code: opcode === 8 && length >= 2 ? payload.readUInt16BE(0) : undefined });
     offset = start + length;
   }
   return frames;
+}
+
+/**
+ * A client on a raw socket: sends the upgrade request (with `Sec-WebSocket-Extensions:
+ * extensions` if given), waits for the answer, then collects what the server sends.
+ * `head` is the HTTP answer; `frames()` the server's frames so far; `ended()` whether the
+ * server closed the socket.
+ */
+export async function rawClient(port, { extensions } = {}) {
+  const socket = net.connect(port, '127.0.0.1');
+  let received = Buffer.alloc(0);
+  let ended = false;
+  socket.on('data', chunk => (received = Buffer.concat([received, chunk])));
+  socket.on('close', () => (ended = true));
+  socket.on('error', () => {});
+  await new Promise(resolve => socket.on('connect', resolve));
+  socket.write(upgradeRequest('/ws', extensions ? `Sec-WebSocket-Extensions: ${extensions}\r\n` : ''));
+  await waitUntil(() => received.includes('\r\n\r\n'), 3000, 'the upgrade response');
+  return {
+    socket,
+    head: received.subarray(0, received.indexOf('\r\n\r\n')).toString('latin1'),
+    frames: () => parseServerFrames(afterHandshake(received)),
+    ended: () => ended,
+    send: bytes => socket.write(bytes),
+  };
+}
+
+/** A raw client that authenticated (token 't'); its client id in `id`. */
+export async function rawAuthenticatedClient(port, options) {
+  const client = await rawClient(port, options);
+  client.send(clientFrame(0x81, JSON.stringify({ event: 'authenticate', data: { token: 't' } })));
+  await waitUntil(() => client.frames().some(frame => frame.payload.includes('"event":"connected"')), 3000, 'connected');
+  const connected = client.frames().find(frame => frame.payload.includes('"event":"connected"'));
+  client.id = JSON.parse(connected.payload).data.id;
+  return client;
 }
 
 export function afterHandshake(data) {
