@@ -10,7 +10,7 @@
 
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -56,15 +56,21 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         core.config.close_on_backpressure_limit,
         upgrade.deflate,
     ));
+    // Held only by the outbox and, while frames wait, its writer task: once both let go,
+    // the write half closes and FIN goes out.
     let writer = Arc::new(writer);
-    handle.outbox().attach(writer.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let weak_handle = Arc::downgrade(&handle);
+    handle.outbox().attach(
+        writer.clone(),
+        Box::new(move || runtime.spawn(write_loop(writer.clone(), weak_handle.clone()))),
+    );
     core.hub.register(handle.clone());
     core.log(
         LogLevel::Info,
         format_args!("New connection (unauthorized) | id: {id}"),
     );
 
-    let writer_task = tokio::spawn(write_loop(writer, handle.clone()));
     let mut session = Session {
         auth_deadline: Some(Instant::now() + core.config.auth_timeout),
         core: core.clone(),
@@ -80,14 +86,17 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     };
     session.read_loop(&mut reader).await;
 
-    // The writer ends by itself after writing a queued close frame; otherwise stop it.
+    // A writer still running ends by itself after writing a queued close frame; otherwise
+    // it stops before its next batch, or is cut off after the grace period.
     if !handle.is_closing() {
         handle.outbox().finish();
     }
-    let mut writer_task = writer_task;
-    if timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
-        writer_task.abort();
+    if let Some(mut writer_task) = handle.outbox().writer_task() {
+        if timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
+            writer_task.abort();
+        }
     }
+    handle.outbox().detach();
 
     if let Some(removed) = core.hub.remove(&id) {
         let user = removed.user_id.as_deref();
@@ -313,21 +322,26 @@ async fn read_upgrade(
     }
 }
 
-/// Writes what direct writes left queued, as the socket becomes writable. After the close
-/// frame it lets go of the socket, which sends FIN once the outbox let go too.
-async fn write_loop(writer: Arc<OwnedWriteHalf>, handle: Arc<ClientHandle>) {
-    while let Some(batch) = handle.outbox().take().await {
+/// Writes what direct writes left queued, as the socket becomes writable, until the queue
+/// is empty. After the close frame it lets go of the socket, which sends FIN once this task
+/// ends (the outbox's reference is dropped with it).
+async fn write_loop(writer: Arc<OwnedWriteHalf>, handle: Weak<ClientHandle>) {
+    let Some(handle) = handle.upgrade() else {
+        return;
+    };
+    let outbox = handle.outbox();
+    while let Some(batch) = outbox.next_batch() {
         let total: usize = batch.frames.iter().map(Bytes::len).sum();
         if write_all_frames(&writer, &batch.frames).await.is_err() {
-            handle.outbox().finish();
-            break;
+            outbox.finish();
+            return;
         }
-        handle.outbox().written(total);
+        outbox.written(total);
         if batch.ends_with_close {
-            break;
+            outbox.detach();
+            return;
         }
     }
-    handle.outbox().detach();
 }
 
 async fn write_all_frames(writer: &OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
@@ -398,7 +412,7 @@ impl Session {
 
     fn send_error(&self, message: &str) {
         self.handle
-            .send(frame::text_frame(&protocol::error_message(message)));
+            .send(&frame::text_frame(&protocol::error_message(message)));
     }
 
     async fn read_loop(&mut self, reader: &mut OwnedReadHalf) {
@@ -502,7 +516,7 @@ impl Session {
             frame::OP_PING => {
                 if self.close_deadline.is_none() {
                     self.handle
-                        .send(frame::encode_frame(frame::OP_PONG, &decoded.payload));
+                        .send(&frame::encode_frame(frame::OP_PONG, &decoded.payload));
                 }
                 return Flow::Continue;
             }
@@ -726,7 +740,7 @@ impl Session {
         // Sent as it is, never through the transformer: the client needs the keys in it.
         let connected =
             protocol::connected_message(&id, user.as_deref(), now_ms(), self.handle.encryption());
-        self.handle.send(frame::text_frame(&connected));
+        self.handle.send(&frame::text_frame(&connected));
         self.core.log(
             LogLevel::Info,
             format_args!(

@@ -290,17 +290,17 @@ impl OutboundText {
     }
 
     /// The frame for a recipient; `deflate`: it negotiated permessage-deflate.
-    pub fn frame(&self, deflate: bool) -> Bytes {
+    pub fn frame(&self, deflate: bool) -> &Bytes {
         if deflate {
             let compressed = self.compressed.get_or_init(|| {
                 deflate::compress(self.text().as_bytes())
                     .map(|payload| encode(0xC0 | OP_TEXT, &payload))
             });
             if let Some(frame) = compressed {
-                return frame.clone();
+                return frame;
             }
         }
-        self.plain.clone()
+        &self.plain
     }
 }
 

@@ -15,7 +15,79 @@ use crate::frame::{close_code, close_frame, OutboundText};
 use crate::outbox::{Outbox, Push};
 
 pub type ClientId = Arc<str>;
-type Members = HashMap<ClientId, Arc<ClientHandle>>;
+
+/// A set of clients: a room, a user's connections, the broadcast audience.
+///
+/// A dense list, because a fan-out walks it while every recipient's `send(2)` evicts the
+/// cache: consecutive pointers are fetched ahead by the CPU, a hash table's scattered buckets
+/// were not (a cache miss per recipient, measured with `perf annotate`). Members are found
+/// by handle address (the list holds the handle, so the address stays theirs), by scanning
+/// while the set is small and through a position map once it is not; so every client's
+/// own-id room costs one small allocation instead of a hash table.
+#[derive(Default)]
+struct Members {
+    list: Vec<Arc<ClientHandle>>,
+    positions: Option<HashMap<usize, usize>>,
+}
+
+/// Sets larger than this keep a position map.
+const MEMBERS_SCANNED_UP_TO: usize = 32;
+
+fn address(handle: &ClientHandle) -> usize {
+    handle as *const ClientHandle as usize
+}
+
+impl Members {
+    fn position(&self, handle: &ClientHandle) -> Option<usize> {
+        let key = address(handle);
+        match &self.positions {
+            Some(positions) => positions.get(&key).copied(),
+            None => self.list.iter().position(|member| address(member) == key),
+        }
+    }
+
+    fn insert(&mut self, handle: &Arc<ClientHandle>) {
+        if self.position(handle).is_some() {
+            return;
+        }
+        if let Some(positions) = &mut self.positions {
+            positions.insert(address(handle), self.list.len());
+        }
+        self.list.push(handle.clone());
+        if self.positions.is_none() && self.list.len() > MEMBERS_SCANNED_UP_TO {
+            let positions = self.list.iter().enumerate();
+            self.positions = Some(positions.map(|(at, m)| (address(m), at)).collect());
+        }
+    }
+
+    fn remove(&mut self, handle: &ClientHandle) {
+        let Some(at) = self.position(handle) else {
+            return;
+        };
+        self.list.swap_remove(at);
+        if let Some(positions) = &mut self.positions {
+            positions.remove(&address(handle));
+            if let Some(moved) = self.list.get(at) {
+                positions.insert(address(moved), at);
+            }
+        }
+        // A room that was large and emptied out gives its memory back.
+        if self.list.capacity() > 64 && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+            if let Some(positions) = &mut self.positions {
+                positions.shrink_to(self.list.len() * 2);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Arc<ClientHandle>> {
+        self.list.iter()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -109,7 +181,7 @@ impl ClientHandle {
         self.encryption.get().is_some()
     }
 
-    pub fn send(&self, frame: Bytes) -> Push {
+    pub fn send(&self, frame: &Bytes) -> Push {
         let result = self.outbox.push(frame);
         if result == Push::Dropped && self.close_on_backpressure_limit {
             self.close(close_code::POLICY_VIOLATION, "Backpressure limit exceeded");
@@ -143,6 +215,21 @@ impl ClientHandle {
 
     pub async fn close_started(&self) {
         self.close_started.notified().await
+    }
+
+    /// Asks the CPU to load what a delivery to this client reads. A fan-out's recipients
+    /// are rarely in cache (a send's kernel work evicts them), and each one's first access
+    /// was the most expensive instruction of the loop (measured with `perf annotate`);
+    /// requested one recipient ahead, the load overlaps the previous recipient's `send(2)`.
+    fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>((self as *const Self).cast());
+            _mm_prefetch::<_MM_HINT_T0>((&self.deflate as *const bool).cast());
+            _mm_prefetch::<_MM_HINT_T0>((&self.outbox as *const Outbox).cast());
+        }
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -264,15 +351,13 @@ fn insert_member(
         Some((existing, _)) => existing.clone(),
         None => Arc::from(key),
     };
-    map.entry(key.clone())
-        .or_default()
-        .insert(handle.id.clone(), handle.clone());
+    map.entry(key.clone()).or_default().insert(handle);
     key
 }
 
-fn remove_member(map: &mut HashMap<Arc<str>, Members>, key: &str, id: &str) {
+fn remove_member(map: &mut HashMap<Arc<str>, Members>, key: &str, handle: &ClientHandle) {
     if let Some(members) = map.get_mut(key) {
-        members.remove(id);
+        members.remove(handle);
         if members.is_empty() {
             map.remove(key);
         }
@@ -331,15 +416,13 @@ impl Hub {
         if let Some(user) = user_id {
             entry.user_id = Some(insert_member(&mut index.users, user, &handle));
         }
-        index
-            .authenticated
-            .insert(handle.id.clone(), handle.clone());
+        index.authenticated.insert(&handle);
         // The own-id room shares the id's allocation.
         index
             .rooms
             .entry(handle.id.clone())
             .or_default()
-            .insert(handle.id.clone(), handle.clone());
+            .insert(&handle);
         entry.rooms.insert(handle.id.clone());
         for room in default_rooms {
             let room = insert_member(&mut index.rooms, room, &handle);
@@ -366,7 +449,7 @@ impl Hub {
             return false;
         };
         let was_member = entry.rooms.remove(room);
-        remove_member(&mut index.rooms, room, id);
+        remove_member(&mut index.rooms, room, &entry.handle);
         was_member
     }
 
@@ -388,12 +471,12 @@ impl Hub {
         let index = &mut *guard;
         let entry = index.clients.remove(id)?;
         if let Some(user) = &entry.user_id {
-            remove_member(&mut index.users, user, id);
+            remove_member(&mut index.users, user, &entry.handle);
         }
         for room in &entry.rooms {
-            remove_member(&mut index.rooms, room, id);
+            remove_member(&mut index.rooms, room, &entry.handle);
         }
-        index.authenticated.remove(id);
+        index.authenticated.remove(&entry.handle);
         Some(Removed {
             user_id: entry.user_id,
             state: entry.state,
@@ -457,7 +540,7 @@ impl Hub {
     pub fn stale(&self, now: u64, timeout_ms: u64) -> Vec<Arc<ClientHandle>> {
         self.read()
             .authenticated
-            .values()
+            .iter()
             .filter(|handle| now.saturating_sub(handle.last_activity()) > timeout_ms)
             .cloned()
             .collect()
@@ -497,8 +580,8 @@ impl Hub {
     fn snapshots_of(index: &Index, members: Option<&Members>) -> Vec<ClientSnapshot> {
         members
             .into_iter()
-            .flat_map(|members| members.keys())
-            .filter_map(|id| index.clients.get(id).map(Self::snapshot_of))
+            .flat_map(Members::iter)
+            .filter_map(|member| index.clients.get(&member.id).map(Self::snapshot_of))
             .collect()
     }
 
@@ -562,7 +645,12 @@ impl Hub {
         let exclusions = Exclusions::new(exclude);
         let mut delivered = 0;
         let mut encrypted = Vec::new();
-        for (id, handle) in members {
+        let mut members = members.iter().peekable();
+        while let Some(handle) = members.next() {
+            if let Some(next) = members.peek() {
+                next.prefetch();
+            }
+            let id = &handle.id;
             if !exclude.is_empty() && exclusions.contains(id) {
                 continue;
             }
@@ -724,12 +812,12 @@ mod tests {
         assert_eq!(hub.send_to_user("u", message), 2);
         assert!(hub.send_to_client("c", message).is_some());
         assert!(hub.send_to_client("nobody", message).is_none());
-        let a_frames = a.outbox().take().await.unwrap().frames;
+        let a_frames = a.outbox().next_batch().unwrap().frames;
         assert_eq!(a_frames.len(), 3);
         // The same allocation reached every queue.
         assert_eq!(a_frames[0].as_ptr(), frame.as_ptr());
-        assert_eq!(b.outbox().take().await.unwrap().frames.len(), 3);
-        assert_eq!(pending.outbox().take().await.unwrap().frames.len(), 1);
+        assert_eq!(b.outbox().next_batch().unwrap().frames.len(), 3);
+        assert_eq!(pending.outbox().next_batch().unwrap().frames.len(), 1);
         let many: Vec<String> = (0..20)
             .map(|i| format!("x{i}"))
             .chain(["b".to_string(), "z".to_string()])
@@ -737,7 +825,7 @@ mod tests {
         assert_eq!(hub.broadcast(message, &many), 1);
         // A client that negotiated permessage-deflate gets the one compressed frame.
         assert_eq!(hub.send_to_room("ws-default", message, &[]), 3);
-        let z_frame = compressed.outbox().take().await.unwrap().frames.remove(0);
+        let z_frame = compressed.outbox().next_batch().unwrap().frames.remove(0);
         assert_eq!(z_frame[0], 0xC1);
         assert_eq!(z_frame.as_ptr(), message.frame(true).as_ptr());
     }
@@ -750,5 +838,36 @@ mod tests {
         a.touch(5000);
         assert!(hub.stale(5000 + 100, 100).is_empty());
         assert_eq!(hub.stale(5000 + 101, 100).len(), 1);
+    }
+
+    #[test]
+    fn members_stay_consistent_across_the_position_map_threshold() {
+        let hub = Hub::default();
+        let handles: Vec<_> = (0..100).map(|i| client(&hub, &format!("m{i}"))).collect();
+        let mut members = Members::default();
+        for handle in &handles {
+            members.insert(handle);
+            members.insert(handle); // a second insert changes nothing
+        }
+        assert_eq!(members.list.len(), 100);
+        assert!(members.positions.is_some());
+        // Remove every other one, from both ends, so swap_remove moves members around.
+        for handle in handles.iter().step_by(2).rev() {
+            members.remove(handle);
+            members.remove(handle); // nor does a second remove
+        }
+        let mut left: Vec<&str> = members.iter().map(|member| &*member.id).collect();
+        left.sort_unstable();
+        let mut expected: Vec<&str> = handles.iter().skip(1).step_by(2).map(|h| &*h.id).collect();
+        expected.sort_unstable();
+        assert_eq!(left, expected);
+        for (at, member) in members.list.iter().enumerate() {
+            assert_eq!(members.position(member), Some(at));
+        }
+        for handle in &handles {
+            members.remove(handle);
+        }
+        assert!(members.is_empty());
+        assert!(members.list.capacity() <= 64);
     }
 }

@@ -175,11 +175,10 @@ mod tests {
         handle
     }
 
-    async fn received(handle: &ClientHandle) -> Vec<Bytes> {
+    fn received(handle: &ClientHandle) -> Vec<Bytes> {
         handle
             .outbox()
-            .take()
-            .await
+            .next_batch()
             .map(|batch| batch.frames)
             .unwrap_or_default()
     }
@@ -210,7 +209,7 @@ mod tests {
         }
         let _ = stop_tx.send(());
         task.await.unwrap();
-        let frames = received(&a).await;
+        let frames = received(&a);
         let order: Vec<u8> = frames
             .iter()
             .map(|frame| text_payload(frame).unwrap().parse().unwrap())
@@ -231,7 +230,7 @@ mod tests {
             });
         }
         assert!(sender.queue().is_empty());
-        assert_eq!(received(&a).await.len(), HIGH_WATER);
+        assert_eq!(received(&a).len(), HIGH_WATER);
     }
 
     #[tokio::test]
@@ -247,6 +246,6 @@ mod tests {
             client_id: "a".into(),
             message: OutboundText::new("y"),
         });
-        assert_eq!(received(&a).await, vec![Bytes::from_static(b"\x81\x01y")]);
+        assert_eq!(received(&a), vec![Bytes::from_static(b"\x81\x01y")]);
     }
 }

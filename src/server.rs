@@ -348,7 +348,7 @@ async fn idle_loop(core: Arc<Core>) {
                     );
                 }
             } else if core.config.send_pings && !handle.is_closing() && handle.start_ping() {
-                handle.send(ping.clone());
+                handle.send(&ping);
             }
         }
     }
