@@ -93,9 +93,30 @@ const IMPLEMENTATIONS = [
   { name: 'native (bun)', key: 'bun', command: redisPort => [bun, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
 ];
 
+/**
+ * User plus system CPU seconds of a process, all threads. Not split: the kernel samples the
+ * split at timer ticks, and on this virtual machine it disagreed with `perf` (16% kernel time
+ * for the TypeScript helper's fan-out where `perf` sampled 84%); README.md has perf's split.
+ */
 function cpuSeconds(pid) {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(fields[11]) + Number(fields[12])) / TICKS;
+}
+
+/** Context switches (voluntary and not) of a process' live threads. */
+function contextSwitches(pid) {
+  let total = 0;
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const status = fs.readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
+      for (const match of status.matchAll(/ctxt_switches:\s+(\d+)/g)) {
+        total += Number(match[1]);
+      }
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return total;
 }
 
 function rssBytes(pid) {
@@ -163,8 +184,14 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
   const generator = spawn(lgCommand, lgArgs, { stdio: ['pipe', 'pipe', 'pipe'] });
   let generatorErrors = '';
   generator.stderr.on('data', chunk => (generatorErrors += chunk));
-  const serversCpu = () => servers.reduce((sum, server) => sum + cpuSeconds(server.pid), 0);
-  const sample = () => ({ at: performance.now(), server: serversCpu(), loadgen: cpuSeconds(generator.pid), rss: rssBytes(pid) });
+  const serversSum = read => servers.reduce((sum, server) => sum + read(server.pid), 0);
+  const sample = () => ({
+    at: performance.now(),
+    server: serversSum(cpuSeconds),
+    serverSwitches: serversSum(contextSwitches),
+    loadgen: cpuSeconds(generator.pid),
+    rss: rssBytes(pid),
+  });
   const marks = {};
   const result = await new Promise((resolve, reject) => {
     lines(generator.stdout, line => {
@@ -194,6 +221,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     result,
     wall,
     serverCpu: marks.end.server - marks.start.server,
+    serverSwitches: marks.end.serverSwitches - marks.start.serverSwitches,
     loadgenCpu: marks.end.loadgen - marks.start.loadgen,
     rssStart,
     rssEnd: marks.end.rss,
@@ -214,6 +242,7 @@ function summarize(runs, scenario) {
   };
   const summary = {
     cpuPerUnitUs: pick(run => (run.serverCpu / scenario.units(run)) * 1e6),
+    switchesPer1000: pick(run => (run.serverSwitches / scenario.units(run)) * 1000),
     serverUtil: pick(run => run.serverCpu / run.wall),
     loadgenUtil: pick(run => run.loadgenCpu / run.wall),
   };
@@ -318,7 +347,8 @@ function report(info, results, unpinned) {
   out.push(`- Node ${info.node}, Bun ${info.bun}, ${info.rustc}`);
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
-  out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.', '');
+  out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.');
+  out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {
     const scenario = SCENARIOS.find(s => s.name === name);
     const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
@@ -326,13 +356,13 @@ function report(info, results, unpinned) {
     out.push(`## ${name}`, '', `\`loadgen ${scenario.loadgen ?? name} ${scenario.args.join(' ')}\``, '');
     const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : name === 'echo' ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
     const rateName = name === 'connect' ? 'connections/s' : name === 'echo' ? 'round trips/s' : 'deliveries/s';
-    out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
-    out.push(`|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
+    out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | switches/1k | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
+    out.push(`|---|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
     for (const implementation of IMPLEMENTATIONS) {
       const s = summaries[implementation.key];
       if (!s) continue;
       const ratio = base ? (s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2) : '';
-      const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio];
+      const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio, fmt(s.switchesPer1000, 0)];
       if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.failures, 0));
       else if (name !== 'echo') cells.push(fmt(s.loss, 0));
       if (scenario.rssGrowth) cells.push(fmt(s.rssGrowthMb, 1));

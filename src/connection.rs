@@ -31,6 +31,34 @@ use crate::server::{monotonic_ms, now_ms, Core};
 /// Reads per wake-up are at most this large; the buffer is released whenever it empties,
 /// so an idle connection holds no read buffer at all.
 const READ_CHUNK: usize = 4 * 1024;
+/// A connection holds a read buffer only while it has unprocessed bytes. Each I/O thread
+/// keeps one emptied buffer for the next read, so a connection that reads, handles and
+/// empties its buffer in one go (nearly every message) allocates nothing; measured on
+/// `echo`, a 4 KB allocation and free per message was most of the I/O thread's `malloc` time.
+mod spare_read_buffer {
+    use std::cell::Cell;
+
+    /// Larger buffers (a big message was assembled) are freed instead of kept.
+    const KEPT_UP_TO: usize = 2 * super::READ_CHUNK;
+
+    thread_local! {
+        static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// The thread's spare buffer, or a new empty one.
+    pub(super) fn take() -> Vec<u8> {
+        SPARE.with(Cell::take)
+    }
+
+    pub(super) fn give_back(mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > KEPT_UP_TO {
+            return;
+        }
+        buffer.clear();
+        SPARE.with(|spare| spare.set(buffer));
+    }
+}
+
 /// How much of an offending message a log line quotes.
 const LOG_QUOTE_CHARS: usize = 200;
 
@@ -430,6 +458,9 @@ impl Session {
                     if ready.is_err() {
                         return;
                     }
+                    if self.buffer.capacity() == 0 {
+                        self.buffer = spare_read_buffer::take();
+                    }
                     if self.buffer.capacity() - self.buffer.len() < READ_CHUNK {
                         self.buffer.reserve(READ_CHUNK);
                     }
@@ -480,7 +511,7 @@ impl Session {
         };
         self.buffer.drain(..consumed);
         if self.buffer.is_empty() {
-            self.buffer = Vec::new();
+            spare_read_buffer::give_back(std::mem::take(&mut self.buffer));
         }
         flow
     }

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::protocol::json_string;
+use crate::protocol::{json_string, push_json_string};
 
 /// The JS side of the bridge. `deliver` runs the batch on the JS thread and resolves with
 /// the JSON text of the synchronous outcomes.
@@ -202,13 +202,22 @@ fn encode_call(token: u64, call: &JsCall<'_>) -> String {
     }
 }
 
+/// One per custom message, so written into a single allocation.
 fn encode_message(token: u64, client_id: &str, user_id: Option<&str>, message: &str) -> String {
-    format!(
-        "[{},{token},{},{},{message}]",
-        kind::MESSAGE,
-        json_string(client_id),
-        opt_string(user_id)
-    )
+    use std::io::Write;
+    let user_len = user_id.map_or(4, str::len);
+    let mut row = Vec::with_capacity(message.len() + client_id.len() + user_len + 40);
+    write!(row, "[{},{token},", kind::MESSAGE).expect("writing to a Vec cannot fail");
+    push_json_string(&mut row, client_id);
+    row.push(b',');
+    match user_id {
+        Some(user_id) => push_json_string(&mut row, user_id),
+        None => row.extend_from_slice(b"null"),
+    }
+    row.push(b',');
+    row.extend_from_slice(message.as_bytes());
+    row.push(b']');
+    String::from_utf8(row).expect("built from str values")
 }
 
 fn encode_notice(notice: &JsNotice<'_>) -> String {
@@ -678,6 +687,9 @@ mod tests {
         assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
         let row = encode_message(8, "c", Some("u"), r#"{"event":"x"}"#);
         assert_eq!(row, r#"[4,8,"c","u",{"event":"x"}]"#);
+        let row = encode_message(9, "c\n", Some("\"é"), "1");
+        assert_eq!(row, r#"[4,9,"c\n","\"é",1]"#);
+        assert_eq!(encode_message(10, "c", None, "1"), r#"[4,10,"c",null,1]"#);
         let clients: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
         assert_eq!(
             encode_notice(&JsNotice::Transform {

@@ -171,6 +171,11 @@ pub fn json_string(value: &str) -> String {
     serde_json::to_string(value).expect("serialising a str cannot fail")
 }
 
+/// [`json_string`] appended to `out`, for text built without intermediate strings.
+pub fn push_json_string(out: &mut Vec<u8>, value: &str) {
+    serde_json::to_writer(out, value).expect("serialising a str cannot fail")
+}
+
 /// `new Date(ms).toISOString()` for dates from 1970 on: `YYYY-MM-DDTHH:MM:SS.sssZ`.
 pub fn iso_time(ms: u64) -> String {
     let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
