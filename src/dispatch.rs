@@ -2,8 +2,8 @@
 //!
 //! Connections never call JS directly. They queue calls here; one runner task takes
 //! everything queued, encodes it as one JSON array and hands it to the JS thread in a single
-//! crossing. While JS works through a batch the next one accumulates, so the number of
-//! crossings falls as load rises. JS answers calls that finished synchronously in the
+//! crossing. While JS works through a batch the next one accumulates (and, cut, waits on
+//! the JS side behind it), so the number of crossings falls as load rises. JS answers calls that finished synchronously in the
 //! batch's return value and the others later through [`Dispatcher::settle`].
 //!
 //! Every call that expects an answer carries a token; a caller that stops waiting (timeout,
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::protocol::{json_string, push_json_string};
 
@@ -366,6 +366,10 @@ enum Item {
 
 /// Upper bound of one batch, so a burst cannot build an unbounded string.
 const MAX_BATCH_ITEMS: usize = 4096;
+/// Batches handed to JS and not yet answered. JS runs them in order (the threadsafe function
+/// is a FIFO queue); two let the next batch wait on the JS side instead of in this task.
+const BATCHES_IN_FLIGHT: usize = 2;
+const NEVER_CLOSED: &str = "the batch semaphore is never closed";
 /// Log lines waiting for JS beyond this are dropped and counted: a client flooding the
 /// server with bad frames must not grow memory through the log.
 const MAX_QUEUED_LOGS: usize = 10_000;
@@ -546,6 +550,7 @@ impl Dispatcher {
     ) {
         let mut items = Vec::with_capacity(64);
         let mut stopped = false;
+        let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !stopped && receiver.recv_many(&mut items, 1).await > 0 {
             // Woken by the first call: let every other task that is already runnable (readers
             // with a message in hand) queue theirs before the batch is cut. One scheduler pass
@@ -596,7 +601,24 @@ impl Dispatcher {
             }
             if !batch.is_empty() {
                 batch.push(']');
-                self.deliver(&*bridge, batch, messages).await;
+                // The next batch can be cut and queued for JS while JS still runs this one,
+                // so with a core of its own the JS thread goes from batch to batch without
+                // waiting for this task to be woken by the answer and cut the next one.
+                let permit = in_flight.clone().acquire_owned().await.expect(NEVER_CLOSED);
+                let (dispatcher, bridge) = (self.clone(), bridge.clone());
+                tokio::spawn(async move {
+                    dispatcher.deliver(&*bridge, batch, messages).await;
+                    drop(permit);
+                });
+            }
+            if !flushes.is_empty() || stopped {
+                // Everything queued before a flush (or the stop) has run in JS.
+                drop(
+                    in_flight
+                        .acquire_many(BATCHES_IN_FLIGHT as u32)
+                        .await
+                        .expect(NEVER_CLOSED),
+                );
             }
             for done in flushes {
                 let _ = done.send(());
