@@ -8,16 +8,19 @@
 //! join or leave, the reader waits for JS to catch up. A client that floods is slowed by TCP
 //! backpressure instead of by server memory.
 
+use std::future::{poll_fn, Future};
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 
 use crate::config::CLOSE_GRACE;
 use crate::deflate;
@@ -108,21 +111,22 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         user_id: None,
         authenticated: false,
         close_deadline: None,
+        timer: None,
         discard_input: false,
         message_flow: None,
         request: Some(upgrade.request_json),
     };
     session.read_loop(&mut reader).await;
+    drop(session);
 
     // A writer still running ends by itself after writing a queued close frame; otherwise
-    // it stops before its next batch, or is cut off after the grace period.
+    // it stops before its next batch, or is cut off after the grace period. (Boxed: its
+    // timer would otherwise be part of every connection task, idle ones included.)
     if !handle.is_closing() {
         handle.outbox().finish();
     }
-    if let Some(mut writer_task) = handle.outbox().writer_task() {
-        if timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
-            writer_task.abort();
-        }
+    if let Some(writer_task) = handle.outbox().writer_task() {
+        Box::pin(wait_for_writer(writer_task)).await;
     }
     handle.outbox().detach();
 
@@ -139,6 +143,12 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
             client_id: &id,
             user_id: user,
         });
+    }
+}
+
+async fn wait_for_writer(mut writer_task: tokio::task::JoinHandle<()>) {
+    if timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
+        writer_task.abort();
     }
 }
 
@@ -408,6 +418,8 @@ struct Session {
     auth_deadline: Option<Instant>,
     /// Set once a close frame is queued: the peer has until then to answer it.
     close_deadline: Option<Instant>,
+    /// Fires at the authentication or close deadline, whichever applies.
+    timer: Option<Pin<Box<Sleep>>>,
     /// After a framing error the rest of the stream is unreadable.
     discard_input: bool,
     /// Custom messages handed to JS and not yet handled; created with the first one.
@@ -420,6 +432,13 @@ struct Session {
 enum Flow {
     Continue,
     Stop,
+}
+
+/// What ended an idle connection's wait.
+enum Wake {
+    Readable(std::io::Result<()>),
+    Deadline,
+    CloseStarted,
 }
 
 impl Session {
@@ -452,12 +471,30 @@ impl Session {
                 (_, Some(close)) => Some(close),
                 (auth, None) => auth,
             };
-            let handle = self.handle.clone();
-            tokio::select! {
-                ready = reader.readable() => {
-                    if ready.is_err() {
-                        return;
+            self.arm_timer(deadline);
+            let watch_close = self.close_deadline.is_none();
+            let (handle, timer) = (&self.handle, &mut self.timer);
+            // Polled by hand rather than with `select!` over three futures: an idle connection
+            // spends its life in this wait, and nothing here is stored in the task (read
+            // readiness and the close signal keep the waker themselves; the timer exists only
+            // while a deadline does). Smaller tasks, and no futures built and dropped per message.
+            let wake = poll_fn(|cx| {
+                if watch_close && handle.poll_close_started(cx).is_ready() {
+                    return Poll::Ready(Wake::CloseStarted);
+                }
+                if let Some(timer) = timer {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Deadline);
                     }
+                }
+                AsRef::<TcpStream>::as_ref(reader)
+                    .poll_read_ready(cx)
+                    .map(Wake::Readable)
+            })
+            .await;
+            match wake {
+                Wake::Readable(Err(_)) => return,
+                Wake::Readable(Ok(())) => {
                     if self.buffer.capacity() == 0 {
                         self.buffer = spare_read_buffer::take();
                     }
@@ -471,16 +508,32 @@ impl Session {
                         Err(_) => return,
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                Wake::Deadline => {
                     if self.close_deadline.is_some() {
                         return;
                     }
                     self.auth_deadline = None;
-                    self.core.log(LogLevel::Warn, format_args!("Auth timeout | id: {}", self.id()));
+                    self.core.log(
+                        LogLevel::Warn,
+                        format_args!("Auth timeout | id: {}", self.id()),
+                    );
                     self.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
                 }
-                _ = handle.close_started(), if self.close_deadline.is_none() => self.close_started(),
+                Wake::CloseStarted => self.close_started(),
             }
+        }
+    }
+
+    /// Keeps the timer on `deadline`; without one, no timer is held.
+    fn arm_timer(&mut self, deadline: Option<Instant>) {
+        match (deadline, &mut self.timer) {
+            (None, timer) => *timer = None,
+            (Some(at), Some(timer)) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), timer) => *timer = Some(Box::pin(sleep_until(at))),
         }
     }
 
@@ -608,12 +661,12 @@ impl Session {
             }
             _ if !self.authenticated => self.send_error(protocol::ERR_NOT_AUTHENTICATED),
             Inbound::Join(request) => {
-                if self.messages_done().await {
+                if Box::pin(self.messages_done()).await {
                     Box::pin(self.join(request)).await
                 }
             }
             Inbound::Leave(request) => {
-                if self.messages_done().await {
+                if Box::pin(self.messages_done()).await {
                     self.leave(request)
                 }
             }
@@ -989,6 +1042,6 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
         let task = super::run(server.core_for_tests(), stream, address);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1024, "connection future is {size} bytes");
+        assert!(size <= 768, "connection future is {size} bytes");
     }
 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
+use std::task::{Context, Poll};
 
 use crate::frame::{close_code, close_frame, OutboundText};
 use crate::outbox::{Outbox, Push};
@@ -123,8 +124,10 @@ pub struct ClientHandle {
     close_on_backpressure_limit: bool,
     /// permessage-deflate was negotiated: text messages may go out compressed.
     deflate: bool,
-    /// Signalled once when a close frame is queued, so the reader stops routing messages.
-    close_started: Notify,
+    /// Set once when a close frame is queued, so the reader stops routing messages.
+    close_started: AtomicBool,
+    /// The connection's reader task, woken when `close_started` is set.
+    close_waker: AtomicWaker,
     /// Set once, never cleared: encryption cannot be turned off for a connection.
     encryption: OnceLock<Encryption>,
 }
@@ -163,7 +166,8 @@ impl ClientHandle {
             outbox: Outbox::new(backpressure_limit),
             close_on_backpressure_limit,
             deflate,
-            close_started: Notify::new(),
+            close_started: AtomicBool::new(false),
+            close_waker: AtomicWaker::new(),
             encryption: OnceLock::new(),
         }
     }
@@ -204,7 +208,8 @@ impl ClientHandle {
     pub fn close(&self, code: u16, reason: &str) -> bool {
         let started = self.outbox.close(close_frame(code, reason));
         if started {
-            self.close_started.notify_one();
+            self.close_started.store(true, Ordering::Release);
+            self.close_waker.wake();
         }
         started
     }
@@ -213,8 +218,22 @@ impl ClientHandle {
         self.outbox.is_closing()
     }
 
+    /// Ready once a close frame was queued. For the connection's own task only: one waker
+    /// is kept, the last task to poll.
+    pub fn poll_close_started(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.close_started.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.close_waker.register(cx.waker());
+        if self.close_started.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     pub async fn close_started(&self) {
-        self.close_started.notified().await
+        std::future::poll_fn(|cx| self.poll_close_started(cx)).await
     }
 
     /// Asks the CPU to load what a delivery to this client reads. A fan-out's recipients
