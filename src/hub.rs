@@ -28,7 +28,10 @@ pub type ClientId = Arc<str>;
 #[derive(Default)]
 struct Members {
     list: Vec<Arc<ClientHandle>>,
-    positions: Option<HashMap<usize, usize>>,
+    /// Boxed (8 bytes instead of 48 inline): most sets, every client's own-id room and most
+    /// users, never need one, and each is a value in the rooms or users table.
+    #[allow(clippy::box_collection)]
+    positions: Option<Box<HashMap<usize, usize>>>,
 }
 
 /// Sets larger than this keep a position map.
@@ -57,7 +60,9 @@ impl Members {
         self.list.push(handle.clone());
         if self.positions.is_none() && self.list.len() > MEMBERS_SCANNED_UP_TO {
             let positions = self.list.iter().enumerate();
-            self.positions = Some(positions.map(|(at, m)| (address(m), at)).collect());
+            self.positions = Some(Box::new(
+                positions.map(|(at, m)| (address(m), at)).collect(),
+            ));
         }
     }
 
