@@ -244,7 +244,8 @@ function summarize(runs, scenario) {
   };
   const summary = {
     cpuPerUnitUs: pick(run => (run.serverCpu / scenario.units(run)) * 1e6),
-    switchesPer1000: pick(run => (run.serverSwitches / scenario.units(run)) * 1000),
+    // Threads that end inside the window take their count with them; never below zero.
+    switchesPer1000: pick(run => (Math.max(0, run.serverSwitches) / scenario.units(run)) * 1000),
     serverUtil: pick(run => run.serverCpu / run.wall),
     loadgenUtil: pick(run => run.loadgenCpu / run.wall),
   };
