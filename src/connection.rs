@@ -71,7 +71,6 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
     // Boxed: the upgrade is over before the connection spends its life idle.
     let Some(Upgraded {
         id,
-        remote_address,
         buffer,
         upgrade,
     }) = Box::pin(upgrade(&core, &mut reader, &mut writer, peer)).await
@@ -81,7 +80,7 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
 
     let handle = Arc::new(ClientHandle::new(
         id.clone(),
-        remote_address,
+        peer,
         now_ms(),
         core.config.backpressure_limit,
         core.config.close_on_backpressure_limit,
@@ -155,7 +154,6 @@ async fn wait_for_writer(mut writer_task: tokio::task::JoinHandle<()>) {
 /// A connection past its 101 answer.
 struct Upgraded {
     id: ClientId,
-    remote_address: String,
     /// Bytes the client sent after its request, without waiting for the answer.
     buffer: Vec<u8>,
     upgrade: Upgrade,
@@ -207,7 +205,6 @@ async fn upgrade(
         .ok()?;
     Some(Upgraded {
         id,
-        remote_address,
         buffer,
         upgrade,
     })

@@ -5,6 +5,7 @@
 //! under it. Empty rooms and users are removed, as in the TypeScript helper.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -117,7 +118,8 @@ impl ClientState {
 /// read its activity. Owned jointly by the index and the connection's tasks.
 pub struct ClientHandle {
     pub id: ClientId,
-    pub remote_address: String,
+    /// Kept as an address, formatted when asked for: one allocation less per connection.
+    pub remote_address: SocketAddr,
     pub connected_at: u64,
     last_activity: AtomicU64,
     /// When the peer last sent anything (any frame, pongs included), in
@@ -155,7 +157,7 @@ pub trait EncryptedDelivery: Send + Sync {
 impl ClientHandle {
     pub fn new(
         id: ClientId,
-        remote_address: String,
+        remote_address: SocketAddr,
         now: u64,
         backpressure_limit: usize,
         close_on_backpressure_limit: bool,
@@ -585,7 +587,7 @@ impl Hub {
             salt: encryption.and_then(|e| e.salt.clone()),
             connected_at: entry.handle.connected_at,
             last_activity: entry.handle.last_activity(),
-            remote_address: entry.handle.remote_address.clone(),
+            remote_address: entry.handle.remote_address.to_string(),
         }
     }
 
@@ -736,7 +738,7 @@ mod tests {
     fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
         let handle = Arc::new(ClientHandle::new(
             Arc::from(id),
-            "127.0.0.1:1".into(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
             1000,
             1 << 20,
             false,

@@ -163,7 +163,7 @@ mod tests {
     fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
         let handle = Arc::new(ClientHandle::new(
             Arc::from(id),
-            String::new(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             0,
             1 << 30,
             false,
