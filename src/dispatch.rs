@@ -2,9 +2,10 @@
 //!
 //! Connections never call JS directly. They queue calls here; one runner task takes
 //! everything queued, encodes it as one JSON array and hands it to the JS thread in a single
-//! crossing. While JS works through a batch the next one accumulates (and, cut, waits on
-//! the JS side behind it), so the number of crossings falls as load rises. JS answers calls that finished synchronously in the
-//! batch's return value and the others later through [`Dispatcher::settle`].
+//! crossing. While JS works through a batch the next one accumulates (and, once cut, waits
+//! on the JS side behind it), so the number of crossings falls as load rises. JS answers
+//! calls that finished synchronously in the batch's return value and the others later
+//! through [`Dispatcher::settle`].
 //!
 //! Every call that expects an answer carries a token; a caller that stops waiting (timeout,
 //! closed connection) drops its [`PendingCall`], which forgets the token, so a late answer
