@@ -86,14 +86,13 @@ pub(crate) async fn run(core: Arc<Core>, stream: TcpStream, peer: SocketAddr) {
         core.config.close_on_backpressure_limit,
         upgrade.deflate,
     ));
-    // Held only by the outbox and, while frames wait, its writer task: once both let go,
-    // the write half closes and FIN goes out.
-    let writer = Arc::new(writer);
+    // The write half is held only by the outbox and, while frames wait, its writer task:
+    // once both let go, it closes and FIN goes out.
     let runtime = tokio::runtime::Handle::current();
     let weak_handle = Arc::downgrade(&handle);
     handle.outbox().attach(
-        writer.clone(),
-        Box::new(move || runtime.spawn(write_loop(writer.clone(), weak_handle.clone()))),
+        Arc::new(writer),
+        Box::new(move |writer| runtime.spawn(write_loop(writer, weak_handle.clone()))),
     );
     core.hub.register(handle.clone());
     core.log(

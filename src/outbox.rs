@@ -60,8 +60,8 @@ struct State {
     socket: Option<Attached>,
 }
 
-/// Starts a task that drains the queue (see [`Outbox::attach`]).
-pub type StartWriter = Box<dyn Fn() -> JoinHandle<()> + Send + Sync>;
+/// Starts a task that drains the queue through the given socket (see [`Outbox::attach`]).
+pub type StartWriter = Box<dyn Fn(Arc<OwnedWriteHalf>) -> JoinHandle<()> + Send + Sync>;
 
 struct Attached {
     direct: DirectSocket,
@@ -77,8 +77,7 @@ struct Attached {
 struct DirectSocket {
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
-    /// Keeps `fd` open (and writes to it where there is no `send(2)` path).
-    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    /// Keeps `fd` open; the writer task gets its own reference.
     half: Arc<OwnedWriteHalf>,
 }
 
@@ -275,7 +274,7 @@ fn start_writer_if_idle(state: &mut State) {
     }
     if let Some(socket) = &state.socket {
         state.writer_running = true;
-        state.writer_task = Some((socket.start_writer)());
+        state.writer_task = Some((socket.start_writer)(socket.direct.half.clone()));
     }
 }
 
@@ -330,16 +329,12 @@ mod tests {
         let (_read_half, write_half) = server_side.into_split();
         let outbox = Arc::new(Outbox::new(usize::MAX));
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (socket, weak, count) = (
-            Arc::new(write_half),
-            Arc::downgrade(&outbox),
-            started.clone(),
-        );
+        let (weak, count) = (Arc::downgrade(&outbox), started.clone());
         outbox.attach(
-            socket.clone(),
-            Box::new(move || {
+            Arc::new(write_half),
+            Box::new(move |socket| {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (socket, outbox) = (socket.clone(), weak.upgrade().unwrap());
+                let outbox = weak.upgrade().unwrap();
                 tokio::spawn(async move {
                     while let Some(batch) = outbox.next_batch() {
                         for frame in &batch.frames {
