@@ -24,6 +24,7 @@ const outName = args.includes('--out') ? args[args.indexOf('--out') + 1] : 'RESU
 const jsonName = outName === 'RESULTS.md' ? 'results.json' : outName.toLowerCase().replace(/\.md$/, '.json');
 const bun = path.join(root, 'node_modules', 'bun', 'bin', 'bun.exe');
 const loadgen = path.join(here, 'loadgen', 'target', 'release', 'loadgen');
+const referenceServer = path.join(here, 'loadgen', 'target', 'release', 'reference');
 const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 const PAGE = 4096;
 /** The scaling scenario's messageHandler work per message. */
@@ -93,7 +94,11 @@ const IMPLEMENTATIONS = [
   // Standalone unless a scenario needs Redis (`instances` > 1).
   { name: 'native (node)', key: 'node', command: redisPort => [process.execPath, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
   { name: 'native (bun)', key: 'bun', command: redisPort => [bun, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
+  // Not a contender: the least any server can do per scenario (one thread, no JS, one
+  // write(2) per delivery; loadgen/src/bin/reference.rs), so the tables show the kernel's floor.
+  { name: 'reference (Rust, no JS)', key: 'ref', command: () => [referenceServer], scenarios: ['connect', 'fanout', 'rooms', 'echo'] },
 ];
+const runsScenario = (implementation, name) => !implementation.scenarios || implementation.scenarios.includes(name);
 
 /**
  * User plus system CPU seconds of a process, all threads. Not split: the kernel samples the
@@ -296,7 +301,7 @@ function bottleneck(summary) {
 }
 
 async function main() {
-  if (!fs.existsSync(loadgen)) {
+  if (!fs.existsSync(loadgen) || !fs.existsSync(referenceServer)) {
     execFileSync('cargo', ['build', '--release'], { cwd: path.join(here, 'loadgen'), stdio: 'inherit' });
   }
   const redisPort = await freePort();
@@ -312,7 +317,7 @@ async function main() {
       for (let rep = 0; rep < reps; rep++) {
         // Alternate the order between repetitions so drift does not favour one side.
         const order = rep % 2 ? [...IMPLEMENTATIONS].reverse() : IMPLEMENTATIONS;
-        for (const implementation of order) {
+        for (const implementation of order.filter(i => runsScenario(i, scenario.name))) {
           process.stderr.write(`${scenario.name} #${rep + 1} ${implementation.name} ... `);
           const run = await runOnce(implementation, scenario, redisPort);
           (results[scenario.name][implementation.key] ??= []).push(run);
@@ -328,7 +333,7 @@ async function main() {
       // rate: what the server can move off that thread decides how far it scales.
       const echo = SCENARIOS.find(s => s.name === 'echo');
       const busy = { ...echo, serverEnv: { BENCH_HANDLER_WORK_US: String(SCALING_WORK_US) } };
-      for (const implementation of IMPLEMENTATIONS) {
+      for (const implementation of IMPLEMENTATIONS.filter(i => runsScenario(i, 'scaling'))) {
         for (const [label, cores] of [['pinned', { serverCore: 0, loadgenCore: 1 }], ['unpinned', { serverCore: null, loadgenCore: null }]]) {
           process.stderr.write(`scaling ${label} ${implementation.name} ... `);
           const run = await runOnce(implementation, busy, redisPort, cores);
@@ -354,6 +359,7 @@ function report(info, results, unpinned) {
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.');
+  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: the floor the kernel puts under any implementation on this machine.');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {
     const scenario = SCENARIOS.find(s => s.name === name);

@@ -1,0 +1,147 @@
+//! A reference server for the benchmarks: the least a server can do for each scenario, with
+//! no JavaScript and no framework, so the tables show the floor that the machine's kernel
+//! puts under every implementation. It speaks just enough of the helper's wire protocol for
+//! the load generator (`authenticate` → `connected`, `join`, `echo`, `bench:broadcast`,
+//! `bench:room`) and nothing else: no validation, no heartbeat, no limits, no backpressure
+//! (a full socket drops the frame). It is a measuring stick, not a server to use.
+//!
+//! One thread, like the TypeScript helper's: a current-thread tokio runtime reads frames with
+//! tokio-tungstenite, and every send is one `write(2)` of a frame built once, on each
+//! recipient's descriptor, the same system call per delivery that every implementation pays.
+//!
+//! Usage: reference (prints `READY <port> <pid>` like the other benchmark servers)
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::net::TcpStream as StdStream;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio::task::LocalSet;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Default)]
+struct Registry {
+    /// Authenticated connections (the broadcast set).
+    all: Vec<RawFd>,
+    rooms: HashMap<String, Vec<RawFd>>,
+}
+
+impl Registry {
+    fn remove(&mut self, fd: RawFd) {
+        self.all.retain(|&member| member != fd);
+        for members in self.rooms.values_mut() {
+            members.retain(|&member| member != fd);
+        }
+    }
+}
+
+/// An unmasked server text frame.
+fn frame(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(0x81);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// One `write(2)` on a descriptor the connection's own task keeps open; a full socket or an
+/// error drops the frame (the reference has no queue).
+fn write_to(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: `fd` belongs to a live connection (connections leave the registry before their
+    // stream is dropped, on this one thread); ManuallyDrop keeps this view from closing it.
+    let stream = ManuallyDrop::new(unsafe { StdStream::from_raw_fd(fd) });
+    let _ = (&*stream).write(bytes);
+}
+
+fn event_frame(event: &str, data: &serde_json::Value) -> Vec<u8> {
+    frame(&serde_json::json!({ "event": event, "data": data }).to_string())
+}
+
+async fn serve(tcp: tokio::net::TcpStream, registry: Rc<RefCell<Registry>>) {
+    let _ = tcp.set_nodelay(true);
+    let fd = tcp.as_raw_fd();
+    // tungstenite zeroes its read buffer (128 KB by default) before each read; the messages
+    // here are small, and a large buffer would make the reference spend its time in memset.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let data = &message["data"];
+        match message["event"].as_str().unwrap_or_default() {
+            "authenticate" => {
+                registry.borrow_mut().all.push(fd);
+                let id = format!("reference-{fd}");
+                write_to(fd, &event_frame("connected", &serde_json::json!({ "id": id })));
+            }
+            "join" => {
+                let mut registry = registry.borrow_mut();
+                for room in data["rooms"].as_array().into_iter().flatten() {
+                    if let Some(room) = room.as_str() {
+                        registry.rooms.entry(room.to_owned()).or_default().push(fd);
+                    }
+                }
+            }
+            "echo" => write_to(fd, &event_frame("echo", data)),
+            "bench:broadcast" => {
+                let bytes = event_frame("tick", data);
+                for &member in &registry.borrow().all {
+                    write_to(member, &bytes);
+                }
+            }
+            "bench:room" => {
+                let bytes = event_frame("tick", data);
+                let registry = registry.borrow();
+                let room = data["room"].as_str().unwrap_or_default();
+                for &member in registry.rooms.get(room).into_iter().flatten() {
+                    write_to(member, &bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    registry.borrow_mut().remove(fd);
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    LocalSet::new().block_on(&runtime, async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        println!("READY {port} {}", std::process::id());
+        let _ = std::io::stdout().flush();
+        let registry = Rc::new(RefCell::new(Registry::default()));
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::task::spawn_local(serve(tcp, registry.clone()));
+        }
+    });
+}
