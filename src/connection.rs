@@ -188,7 +188,8 @@ async fn upgrade(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let id: ClientId = Arc::from(uuid::Uuid::new_v4().to_string());
+    let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id: ClientId = Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_text));
     let remote_address = peer.to_string();
     let upgrade = match negotiate(core, &id, &remote_address, &request).await {
         Ok(upgrade) => upgrade,
