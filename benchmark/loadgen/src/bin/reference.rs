@@ -95,7 +95,10 @@ async fn serve(tcp: tokio::net::TcpStream, registry: Rc<RefCell<Registry>>) {
             "authenticate" => {
                 registry.borrow_mut().all.push(fd);
                 let id = format!("reference-{fd}");
-                write_to(fd, &event_frame("connected", &serde_json::json!({ "id": id })));
+                write_to(
+                    fd,
+                    &event_frame("connected", &serde_json::json!({ "id": id })),
+                );
             }
             "join" => {
                 let mut registry = registry.borrow_mut();
