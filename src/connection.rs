@@ -17,7 +17,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
@@ -350,11 +350,48 @@ async fn read_upgrade(
             Ok(None) => {}
         }
         buffer.reserve(1024);
-        match tokio::io::AsyncReadExt::read_buf(reader, buffer).await {
+        let read = loop {
+            let stream: &TcpStream = reader.as_ref();
+            if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
+                return Err(None);
+            }
+            match read_available(reader, buffer) {
+                Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
         }
     }
+}
+
+/// Reads what the socket holds into the spare capacity of `buffer` (which must have some).
+/// `WouldBlock` when there is nothing to read.
+///
+/// Tokio forgets a socket's read readiness only when a read fails with `WouldBlock`, so after
+/// every message the reader would make one more `recv` that finds nothing before it can wait
+/// (a third of the system calls of an echo round trip). A short read means the receive
+/// queue was empty at that moment, so readiness is cleared right away instead: the read runs
+/// inside `try_io`, which clears it only if no readiness event arrived since it was observed
+/// (data that lands after the read brings a new event, and a peer's close is never cleared).
+fn read_available(reader: &OwnedReadHalf, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
+    let spare = buffer.capacity() - buffer.len();
+    let mut read = None;
+    let stream: &TcpStream = reader.as_ref();
+    let _ = stream.try_io(Interest::READABLE, || {
+        let result = reader.try_read_buf(buffer);
+        let drained = matches!(result, Ok(n) if n > 0 && n < spare);
+        read = Some(result);
+        if drained {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    // None: not ready, `try_io` did not run the read.
+    read.unwrap_or_else(|| Err(ErrorKind::WouldBlock.into()))
 }
 
 /// Writes what direct writes left queued, as the socket becomes writable, until the queue
@@ -498,7 +535,7 @@ impl Session {
                     if self.buffer.capacity() - self.buffer.len() < READ_CHUNK {
                         self.buffer.reserve(READ_CHUNK);
                     }
-                    match reader.try_read_buf(&mut self.buffer) {
+                    match read_available(reader, &mut self.buffer) {
                         Ok(0) => return,
                         Ok(_) => self.handle.received(monotonic_ms()),
                         Err(error) if error.kind() == ErrorKind::WouldBlock => {}
