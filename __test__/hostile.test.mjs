@@ -125,6 +125,38 @@ describe('hostile input', () => {
     assert.deepEqual(messages[1], { event: 'echo', data: 5 });
   });
 
+  it('reads an upgrade request and frames that arrive in pieces, with pauses between them', async () => {
+    // Each piece is a short read; the reader must still wake for the next one.
+    const pause = () => new Promise(resolve => setTimeout(resolve, 30));
+    const request = Buffer.from(upgradeRequest());
+    const auth = text({ event: 'authenticate', data: { token: 't' } });
+    const echo = text({ event: 'echo-me', data: 'in pieces' });
+    const pieces = [
+      request.subarray(0, 20), request.subarray(20, 60), request.subarray(60),
+      auth.subarray(0, 1), auth.subarray(1, 7), auth.subarray(7),
+      echo.subarray(0, 10), echo.subarray(10),
+    ];
+    const socket = net.connect(server.getPort(), '127.0.0.1');
+    let data = Buffer.alloc(0);
+    socket.on('data', chunk => (data = Buffer.concat([data, chunk])));
+    await new Promise(resolve => socket.once('connect', resolve));
+    try {
+      for (const piece of pieces) {
+        socket.write(piece);
+        await pause();
+      }
+      const messages = () =>
+        data.toString('latin1').startsWith('HTTP/1.1 101 ') && data.includes('\r\n\r\n')
+          ? parseServerFrames(afterHandshake(data)).filter(frame => frame.opcode === 1).map(frame => JSON.parse(frame.payload))
+          : [];
+      await waitUntil(() => messages().length >= 2, 5000, 'connected and the echo');
+      assert.equal(messages()[0].event, 'connected');
+      assert.deepEqual(messages()[1], { event: 'echo', data: 'in pieces' });
+    } finally {
+      socket.destroy();
+    }
+  });
+
   it('survives garbage, truncated handshakes and abrupt disconnects mid-frame', async () => {
     const garbage = await rawExchange(server.getPort(), Buffer.from([0, 1, 2, 3, 0xff, 13, 10, 13, 10]));
     assert.match(garbage.data.toString(), /^HTTP\/1\.1 400 /);

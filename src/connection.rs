@@ -374,24 +374,26 @@ async fn read_upgrade(
 /// every message the reader would make one more `recv` that finds nothing before it can wait
 /// (a third of the system calls of an echo round trip). A short read means the receive
 /// queue was empty at that moment, so readiness is cleared right away instead: the read runs
-/// inside `try_io`, which clears it only if no readiness event arrived since it was observed
-/// (data that lands after the read brings a new event, and a peer's close is never cleared).
+/// inside `try_io`, which clears it only if no readiness event of this socket arrived since
+/// it was observed (data that lands after the read brings a new event, and a peer's close is
+/// never cleared). One exception on Linux: a read stops short at a TCP urgent mark
+/// (`MSG_OOB`), and the bytes after it then wait for the peer's next segment. No WebSocket
+/// client sends urgent data; one that does only delays itself.
 fn read_available(reader: &OwnedReadHalf, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
     let spare = buffer.capacity() - buffer.len();
-    let mut read = None;
+    debug_assert!(spare > 0, "read_available needs spare capacity");
+    // Stays `WouldBlock` when `try_io` finds the socket not ready and does not run the read.
+    let mut read = Err(ErrorKind::WouldBlock.into());
     let stream: &TcpStream = reader.as_ref();
     let _ = stream.try_io(Interest::READABLE, || {
-        let result = reader.try_read_buf(buffer);
-        let drained = matches!(result, Ok(n) if n > 0 && n < spare);
-        read = Some(result);
-        if drained {
+        read = reader.try_read_buf(buffer);
+        if matches!(read, Ok(n) if n > 0 && n < spare) {
             Err(ErrorKind::WouldBlock.into())
         } else {
             Ok(())
         }
     });
-    // None: not ready, `try_io` did not run the read.
-    read.unwrap_or_else(|| Err(ErrorKind::WouldBlock.into()))
+    read
 }
 
 /// Writes what direct writes left queued, as the socket becomes writable, until the queue
