@@ -350,19 +350,17 @@ async fn read_upgrade(
             Ok(None) => {}
         }
         buffer.reserve(1024);
-        let read = loop {
+        loop {
             let stream: &TcpStream = reader.as_ref();
             if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
                 return Err(None);
             }
             match read_available(reader, buffer) {
-                Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
-                other => break other,
+                Ok(0) => return Err(None),
+                Ok(_) => break,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return Err(None),
             }
-        };
-        match read {
-            Ok(0) | Err(_) => return Err(None),
-            Ok(_) => {}
         }
     }
 }
