@@ -359,7 +359,7 @@ function report(info, results, unpinned) {
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.');
-  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel's floor).');
+  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor).');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {
     const scenario = SCENARIOS.find(s => s.name === name);
