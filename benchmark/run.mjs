@@ -321,7 +321,10 @@ async function main() {
           process.stderr.write(`${scenario.name} #${rep + 1} ${implementation.name} ... `);
           const run = await runOnce(implementation, scenario, redisPort);
           (results[scenario.name][implementation.key] ??= []).push(run);
-          process.stderr.write(`server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s\n`);
+          const units = scenario.units(run);
+          process.stderr.write(
+            `server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s, ${units} ${scenario.unitName}s, ${((run.serverCpu / units) * 1e6).toFixed(2)} µs each\n`,
+          );
         }
       }
     }
@@ -342,9 +345,9 @@ async function main() {
         }
       }
     }
-    fs.writeFileSync(path.join(here, outName), report(info, results, unpinned));
-    fs.writeFileSync(path.join(here, jsonName), JSON.stringify({ info, results, unpinned }, null, 1));
-    process.stderr.write(`wrote benchmark/${outName}\n`);
+    fs.writeFileSync(path.resolve(here, outName), report(info, results, unpinned));
+    fs.writeFileSync(path.resolve(here, jsonName), JSON.stringify({ info, results, unpinned }, null, 1));
+    process.stderr.write(`wrote ${path.relative(process.cwd(), path.resolve(here, outName))}\n`);
   } finally {
     await stop(redis);
   }
