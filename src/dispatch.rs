@@ -19,24 +19,25 @@
 //! sends faster than its handler finishes is slowed by TCP, not buffered by the server.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{json_string, push_json_string};
 
-/// The JS side of the bridge. `deliver` runs the batch on the JS thread and resolves with
-/// the JSON text of the synchronous outcomes.
+/// The JS side of the bridge. `deliver` runs the batch on the JS thread and hands JS's
+/// answer (the JSON text of the synchronous outcomes) to the batch's [`BatchInJs`] there,
+/// or drops it if the batch cannot run (which counts as an empty answer).
+///
+/// The answer is acted on where it arrives, not sent back to an I/O task: most answers need
+/// nothing but a few counters updated, and waking an I/O thread for each batch would cost a
+/// system call and, on a busy core, a context switch.
 pub trait JsBridge: Send + Sync + 'static {
-    fn deliver(
-        &self,
-        batch: String,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+    fn deliver(&self, batch: String, in_js: BatchInJs);
 }
 
 /// The result of one JS callback: its (normalised) value, or the message of what it threw
@@ -556,7 +557,7 @@ impl Dispatcher {
             // Woken by the first call: let every other task that is already runnable (readers
             // with a message in hand) queue theirs before the batch is cut. One scheduler pass
             // of latency buys far fewer JS crossings under load.
-            tokio::task::yield_now().await;
+            run_queued_tasks_first().await;
             while items.len() < MAX_BATCH_ITEMS {
                 match receiver.try_recv() {
                     Ok(item) => items.push(item),
@@ -606,11 +607,15 @@ impl Dispatcher {
                 // so with a core of its own the JS thread goes from batch to batch without
                 // waiting for this task to be woken by the answer and cut the next one.
                 let permit = in_flight.clone().acquire_owned().await.expect(NEVER_CLOSED);
-                let (dispatcher, bridge) = (self.clone(), bridge.clone());
-                tokio::spawn(async move {
-                    dispatcher.deliver(&*bridge, batch, messages).await;
-                    drop(permit);
-                });
+                bridge.deliver(
+                    batch,
+                    BatchInJs {
+                        dispatcher: self.clone(),
+                        messages,
+                        _permit: permit,
+                        answered: false,
+                    },
+                );
             }
             if !flushes.is_empty() || stopped {
                 // Everything queued before a flush (or the stop) has run in JS.
@@ -633,19 +638,19 @@ impl Dispatcher {
         messages.into_iter().for_each(MessageInJs::release);
     }
 
-    /// Runs a batch in JS and acts on the answer. `messages`: the tokens of the batch's
-    /// custom messages, each done unless JS deferred it.
-    async fn deliver(&self, bridge: &dyn JsBridge, batch: String, mut messages: Vec<u64>) {
-        let answer = match bridge.deliver(batch).await {
-            Ok(text) => parse_answer(&text).map_err(|error| {
-                format!("[ignis-native-ws] unreadable answer from the JS dispatcher: {error}")
-            }),
-            // JS is unreachable (environment shutting down); calls waiting on this batch end
-            // by their own timeouts.
-            Err(error) => Err(format!(
-                "[ignis-native-ws] could not deliver callbacks to JavaScript: {error}"
-            )),
-        };
+    /// Acts on JS's answer to a batch. `messages`: the tokens of the batch's custom messages,
+    /// each done unless JS deferred it.
+    fn answered(&self, answer: Result<String, String>, mut messages: Vec<u64>) {
+        let answer = answer
+            .map_err(|error| {
+                format!("[ignis-native-ws] could not deliver callbacks to JavaScript: {error}")
+            })
+            .and_then(|text| {
+                parse_answer(&text).map_err(|error| {
+                    format!("[ignis-native-ws] unreadable answer from the JS dispatcher: {error}")
+                })
+            });
+        // Calls waiting on a batch that did not run end by their own timeouts.
         let answer = answer.unwrap_or_else(|error| {
             eprintln!("{error}");
             BatchAnswer::default()
@@ -665,6 +670,53 @@ impl Dispatcher {
     }
 }
 
+/// A batch handed to JS, until its answer is acted on ([`BatchInJs::answer`]). Dropped
+/// unanswered (JS is shutting down and the batch will not run), it releases the batch's
+/// messages as if JS had answered with nothing, so no reader waits on them for ever.
+pub struct BatchInJs {
+    dispatcher: Arc<Dispatcher>,
+    messages: Vec<u64>,
+    /// One of `BATCHES_IN_FLIGHT`, returned when the answer has been acted on.
+    _permit: OwnedSemaphorePermit,
+    answered: bool,
+}
+
+impl BatchInJs {
+    /// JS's answer, or why the batch could not run.
+    pub fn answer(mut self, answer: Result<String, String>) {
+        self.answered = true;
+        let messages = std::mem::take(&mut self.messages);
+        self.dispatcher.answered(answer, messages);
+    }
+}
+
+impl Drop for BatchInJs {
+    fn drop(&mut self) {
+        if !self.answered {
+            let messages = std::mem::take(&mut self.messages);
+            self.dispatcher
+                .answered(Err("the batch was dropped unrun".into()), messages);
+        }
+    }
+}
+
+/// Lets every task that is already runnable on this worker run before the caller goes on:
+/// the task wakes itself, which puts it at the back of the run queue. Not
+/// `tokio::task::yield_now`, which waits for the next poll of the I/O driver, one more
+/// `epoll_wait` per batch.
+async fn run_queued_tasks_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,10 +729,7 @@ mod tests {
     }
 
     impl JsBridge for EchoBridge {
-        fn deliver(
-            &self,
-            batch: String,
-        ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        fn deliver(&self, batch: String, in_js: BatchInJs) {
             let rows: Vec<Vec<Value>> = serde_json::from_str(&batch).unwrap();
             self.batches.lock().unwrap().push(batch);
             let answers: Vec<String> = rows
@@ -692,7 +741,8 @@ mod tests {
                     _ => Some(format!("[{},0,{}]", row[1], row[1])),
                 })
                 .collect();
-            Box::pin(async move { Ok(format!("[{}]", answers.join(","))) })
+            // Answered from another thread, as the JS thread does.
+            std::thread::spawn(move || in_js.answer(Ok(format!("[{}]", answers.join(",")))));
         }
     }
 
@@ -805,6 +855,24 @@ mod tests {
             .expect("the reader is woken");
         assert!(flow.is_idle());
         assert!(!dispatcher.settle(token, Ok(Value::Null)), "settled once");
+    }
+
+    /// JS shutting down drops queued batches unrun: their messages must not stay charged.
+    #[tokio::test]
+    async fn a_batch_dropped_unrun_releases_its_messages() {
+        struct DroppingBridge;
+        impl JsBridge for DroppingBridge {
+            fn deliver(&self, _: String, in_js: BatchInJs) {
+                drop(in_js);
+            }
+        }
+        let dispatcher = Dispatcher::start(Arc::new(DroppingBridge));
+        let flow = Arc::new(MessageFlow::default());
+        dispatcher.message(&flow, "c", None, r#"{"event":"now"}"#);
+        tokio::time::timeout(Duration::from_secs(1), dispatcher.flush())
+            .await
+            .expect("the batch's permit came back");
+        assert!(flow.is_idle());
     }
 
     #[tokio::test]
