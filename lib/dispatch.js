@@ -1,14 +1,14 @@
 'use strict';
 // The JS end of the native dispatcher (src/dispatch.rs). Rust hands over a batch of calls
 // as one JSON array; each runs the application's callback. Calls that finish synchronously
-// are answered in the return value, Promises answer later through `native.settle`. This
+// are answered in the return value, Promises answer later through `settle`. This
 // function never throws: a callback's throw or rejection becomes an error outcome that
 // Rust logs and acts on (4003 for authentication, a log line otherwise).
 //
 // Custom messages need no answer. Their order per connection is kept here: while a
 // messageHandler Promise of a connection is pending (at most callbackTimeout), that
 // connection's later messages wait in a queue. The answer marks such messages DEFERRED and
-// `native.settle` reports each when done, which lets Rust read more from that connection.
+// `settle` reports each when done, which lets Rust read more from that connection.
 
 // Kinds, as src/dispatch.rs writes them.
 const AUTHENTICATE = 1;
@@ -103,12 +103,14 @@ class CallbackDispatcher {
     this.heldMessages = new Map();
     /** Metadata of accepted authentications until Rust hands it to a client or discards it. */
     this.pendingAuth = new Map();
-    this.native = null;
+    /** (token, failed, valueText) => boolean: hands Rust a late outcome; set by `attach`. */
+    this.settle = () => false;
     this.dispatch = this.dispatch.bind(this);
   }
 
-  attach(native) {
-    this.native = native;
+  /** @param {(token: number, failed: boolean, value: string) => boolean} settle */
+  attach(settle) {
+    this.settle = settle;
   }
 
   dispatch(batch) {
@@ -262,7 +264,7 @@ class CallbackDispatcher {
       }
       done = true;
       clearTimeout(timer);
-      this.native?.settle(token, false, 'null');
+      this.settle(token, false, 'null');
       this.releaseHeld(clientId);
     };
     const timer = setTimeout(() => {
@@ -286,7 +288,7 @@ class CallbackDispatcher {
       if (this.runMessage(token, clientId, userId, message)) {
         return;
       }
-      this.native?.settle(token, false, 'null');
+      this.settle(token, false, 'null');
     }
     this.heldMessages.delete(clientId);
   }
@@ -312,9 +314,9 @@ class CallbackDispatcher {
       value => {
         let answered;
         try {
-          answered = this.native?.settle(token, false, JSON.stringify(normalize(value)) ?? 'null');
+          answered = this.settle(token, false, JSON.stringify(normalize(value)) ?? 'null');
         } catch (error) {
-          answered = this.native?.settle(token, true, errorText(error));
+          answered = this.settle(token, true, errorText(error));
         }
         if (!answered) {
           // Nobody waits any more (timed out, client gone): drop what we kept for it.
@@ -322,7 +324,7 @@ class CallbackDispatcher {
         }
       },
       error => {
-        this.native?.settle(token, true, errorText(error));
+        this.settle(token, true, errorText(error));
       },
     );
   }

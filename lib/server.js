@@ -5,7 +5,11 @@
 
 const { randomUUID } = require('node:crypto');
 
-const { NativeServer } = require('../binding.js');
+// The per-message calls are free functions on the server's handle (NativeServer.handle()):
+// napi-rs class methods cost about half a microsecond more per call.
+const binding = require('../binding.js');
+
+const { NativeServer } = binding;
 const { WebSocketChannels, WebSocketMessageTypes } = require('./constants');
 const { CallbackDispatcher } = require('./dispatch');
 const { createLogger } = require('./logger');
@@ -49,6 +53,8 @@ class WebSocketServerHelper {
     /** clientId -> metadata returned by authenticateFn, kept with identity intact. */
     this.metadata = new Map();
     this.native = null;
+    /** `this.native.handle()`, which the per-message binding functions take. */
+    this.handle = null;
     this.port = undefined;
   }
 
@@ -71,7 +77,7 @@ class WebSocketServerHelper {
           timeout: nativeOptions.callbackTimeout,
           logger: this.logger,
           clientOf: clientId => this.getClients({ id: clientId }),
-          deliver: (clientId, text) => this.native?.sendTransformed(clientId, text),
+          deliver: (clientId, text) => this.handle && binding.sendTransformed(this.handle, clientId, text),
         })
       : null;
     const redisReadyTimeout = this.options.redisReadyTimeout ?? DEFAULT_REDIS_READY_TIMEOUT;
@@ -86,12 +92,15 @@ class WebSocketServerHelper {
       { ...nativeOptions, redis: this.redis ?? undefined, serverId: this.serverId },
       dispatcher.dispatch,
     );
-    dispatcher.attach(native);
+    const handle = native.handle();
+    dispatcher.attach((token, failed, value) => binding.settle(handle, token, failed, value));
     this.port = native.listen();
     this.native = native;
+    this.handle = handle;
     if (this.redis && !(await native.redisReady(redisReadyTimeout))) {
       await native.shutdown();
       this.native = null;
+      this.handle = null;
       throw new Error(`Redis client did not become ready within ${redisReadyTimeout}ms`);
     }
     this.logger.info(
@@ -130,7 +139,7 @@ class WebSocketServerHelper {
       default:
         return;
     }
-    this.native.publish(channel, message);
+    binding.publish(this.handle, channel, message);
   }
 
   getPath() {
@@ -163,22 +172,30 @@ class WebSocketServerHelper {
   }
 
   sendToClient({ clientId, event, data, doLog }) {
-    this.native?.sendToClient(clientId, JSON.stringify({ event, data }));
+    if (this.handle) {
+      binding.sendToClient(this.handle, clientId, JSON.stringify({ event, data }));
+    }
     if (doLog) {
       this.logger.info(`Message sent | id: ${clientId} | event: ${event} | data: ${JSON.stringify(data)}`);
     }
   }
 
   sendToUser({ userId, event, data }) {
-    this.native?.sendToUser(String(userId), JSON.stringify({ event, data }));
+    if (this.handle) {
+      binding.sendToUser(this.handle, String(userId), JSON.stringify({ event, data }));
+    }
   }
 
   sendToRoom({ room, event, data, exclude }) {
-    this.native?.sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+    if (this.handle) {
+      binding.sendToRoom(this.handle, room, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+    }
   }
 
   broadcast({ event, data, exclude }) {
-    this.native?.broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+    if (this.handle) {
+      binding.broadcast(this.handle, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+    }
   }
 
   /**
@@ -197,10 +214,10 @@ class WebSocketServerHelper {
     if (!destination) {
       this.broadcast({ event: topic, data });
       this.publishToRedis({ type: WebSocketMessageTypes.BROADCAST, event: topic, data });
-    } else if (this.native?.hasClient(destination)) {
+    } else if (this.handle && binding.hasClient(this.handle, destination)) {
       this.sendToClient({ clientId: destination, event: topic, data, doLog });
       this.publishToRedis({ type: WebSocketMessageTypes.CLIENT, target: destination, event: topic, data });
-    } else if (this.native?.hasRoom(destination)) {
+    } else if (this.handle && binding.hasRoom(this.handle, destination)) {
       this.sendToRoom({ room: destination, event: topic, data });
       this.publishToRedis({ type: WebSocketMessageTypes.ROOM, target: destination, event: topic, data });
     } else {
@@ -281,10 +298,10 @@ class WebSocketServerHelper {
       data: { clientId },
       remoteAddress: info.remoteAddress,
       get readyState() {
-        return helper.native?.hasClient(clientId) ? 1 : 3;
+        return helper.handle && binding.hasClient(helper.handle, clientId) ? 1 : 3;
       },
       send(data) {
-        return helper.native ? helper.native.socketSend(clientId, toText(data)) : 0;
+        return helper.handle ? binding.socketSend(helper.handle, clientId, toText(data)) : 0;
       },
       getBufferedAmount() {
         return helper.native?.client(clientId)?.bufferedAmount ?? 0;

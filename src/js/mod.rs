@@ -2,6 +2,7 @@
 //! protocol behaviour; it converts arguments and errors and forwards.
 
 mod bridge;
+mod calls;
 mod emitter;
 mod runtime;
 mod server;

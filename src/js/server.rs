@@ -1,9 +1,9 @@
 //! `NativeServer`: the native half of `WebSocketServerHelper` (lib/server.js is the other).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{within_runtime_if_available, Function, PromiseRaw};
+use napi::bindgen_prelude::{within_runtime_if_available, External, Function, PromiseRaw};
 use napi::{Env, Result};
 use napi_derive::napi;
 
@@ -12,9 +12,7 @@ use super::to_js_error;
 use crate::broker::{RedisNodes, RedisTarget, RedisTls};
 use crate::config::ServerConfig;
 use crate::error::Error;
-use crate::frame::OutboundText;
 use crate::hub::ClientSnapshot;
-use crate::sender::Delivery;
 use crate::server::{self, Server};
 
 /// Settings, validated and defaulted by `lib/options.js`. Durations in milliseconds.
@@ -160,30 +158,25 @@ impl From<ClientSnapshot> for ClientInfo {
     }
 }
 
+/// The running server, once `listen()` has started it. Shared between `NativeServer` and
+/// the handle the per-message functions below take.
+pub(super) type ServerSlot = Arc<OnceLock<Server>>;
+
 #[napi]
 pub struct NativeServer {
     config: ServerConfig,
     dispatch: Arc<DispatchFn>,
-    server: Mutex<Option<Arc<Server>>>,
+    server: ServerSlot,
 }
 
 impl NativeServer {
-    fn deliver(&self, delivery: Delivery) {
-        if let Some(server) = self.running() {
-            server.sender().send(delivery);
-        }
-    }
-
-    fn running(&self) -> Option<Arc<Server>> {
-        self.server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn running(&self) -> Option<&Server> {
+        self.server.get()
     }
 
     fn snapshots(&self, pick: impl FnOnce(&Server) -> Vec<ClientSnapshot>) -> Vec<ClientInfo> {
         self.running()
-            .map(|server| pick(&server).into_iter().map(ClientInfo::from).collect())
+            .map(|server| pick(server).into_iter().map(ClientInfo::from).collect())
             .unwrap_or_default()
     }
 
@@ -213,15 +206,23 @@ impl NativeServer {
         Ok(NativeServer {
             config: options.into(),
             dispatch: Arc::new(dispatch),
-            server: Mutex::new(None),
+            server: Arc::new(OnceLock::new()),
         })
     }
 
+    /// What the per-message functions (`sendToClient(handle, ...)` and the others below)
+    /// take instead of `this`: napi-rs registers every `&self` call's borrow in a global
+    /// table, which costs about half a microsecond per call (measured: benchmark/README.md).
+    #[napi(ts_return_type = "ExternalObject<'NativeServerHandle'>")]
+    pub fn handle(&self) -> External<ServerSlot> {
+        External::new(self.server.clone())
+    }
+
     /// Binds and starts serving; returns the bound port. Throws when the address is taken.
+    /// (Called on the JS thread only, so the check and the start cannot race.)
     #[napi]
     pub fn listen(&self, env: Env) -> Result<u32> {
-        let mut slot = self.server.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(server) = slot.as_ref() {
+        if let Some(server) = self.running() {
             return if server.is_shutting_down() {
                 Err(to_js_error(Error::Closed))
             } else {
@@ -236,7 +237,9 @@ impl NativeServer {
         let server = within_runtime_if_available(|| Server::start(config, listener, bridge))
             .map_err(to_js_error)?;
         let port = server.port();
-        *slot = Some(Arc::new(server));
+        if self.server.set(server).is_err() {
+            unreachable!("listen() runs on the JS thread only, and the slot was empty");
+        }
         // While listening the server keeps the process alive, like `net.Server`.
         self.set_dispatch_ref(&env, true);
         Ok(u32::from(port))
@@ -248,72 +251,13 @@ impl NativeServer {
         // Unref synchronously: the returned promise keeps the loop alive until it settles,
         // and after that nothing of ours does.
         self.set_dispatch_ref(env, false);
-        let server = self.running();
+        let slot = self.server.clone();
         env.spawn_future(async move {
-            if let Some(server) = server {
+            if let Some(server) = slot.get() {
                 server.shutdown().await;
             }
             Ok(())
         })
-    }
-
-    /// Delivers an outcome that JS produced asynchronously. False when nobody waits for it.
-    #[napi]
-    pub fn settle(&self, token: f64, failed: bool, value: String) -> bool {
-        let Some(server) = self.running() else {
-            return false;
-        };
-        let outcome = if failed {
-            Err(value)
-        } else {
-            serde_json::from_str(&value)
-                .map_err(|error| format!("unreadable callback result: {error}"))
-        };
-        server.settle(token as u64, outcome)
-    }
-
-    /// `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
-    /// Sends are performed in the order they were issued (see `sender.rs`).
-    #[napi]
-    pub fn send_to_client(&self, client_id: String, message: String) {
-        self.deliver(Delivery::Client {
-            client_id,
-            message: OutboundText::new(&message),
-        });
-    }
-
-    #[napi]
-    pub fn send_to_user(&self, user_id: String, message: String) {
-        self.deliver(Delivery::User {
-            user_id,
-            message: OutboundText::new(&message),
-        });
-    }
-
-    #[napi]
-    pub fn send_to_room(&self, room: String, message: String, exclude: Option<Vec<String>>) {
-        self.deliver(Delivery::Room {
-            room,
-            message: OutboundText::new(&message),
-            exclude: exclude.unwrap_or_default(),
-        });
-    }
-
-    #[napi]
-    pub fn broadcast(&self, message: String, exclude: Option<Vec<String>>) {
-        self.deliver(Delivery::Broadcast {
-            message: OutboundText::new(&message),
-            exclude: exclude.unwrap_or_default(),
-        });
-    }
-
-    /// Publishes an envelope (from `JSON.stringify`) on `channel`; failures are logged once
-    /// per outage. No-op in standalone mode.
-    #[napi]
-    pub fn publish(&self, channel: String, envelope: String) {
-        if let Some(broker) = self.running().and_then(|server| server.broker().cloned()) {
-            broker.publish(channel, envelope);
-        }
     }
 
     /// Resolves true once both Redis connections are up and subscribed, false after
@@ -341,18 +285,6 @@ impl NativeServer {
                 .unwrap_or_default(),
             _ => "standalone".into(),
         }
-    }
-
-    #[napi]
-    pub fn has_client(&self, client_id: String) -> bool {
-        self.running()
-            .is_some_and(|server| server.hub().has_client(&client_id))
-    }
-
-    #[napi]
-    pub fn has_room(&self, room: String) -> bool {
-        self.running()
-            .is_some_and(|server| server.hub().has_room(&room))
     }
 
     /// Membership changes wait for earlier sends, which were addressed to the old members.
@@ -388,22 +320,6 @@ impl NativeServer {
     #[napi]
     pub fn clients_by_room(&self, room: String) -> Vec<ClientInfo> {
         self.snapshots(|server| server.hub().snapshots_of_room(&room))
-    }
-
-    /// `socket.send(data)`: bytes queued, -1 queued under backpressure, 0 dropped (Bun's
-    /// convention).
-    #[napi]
-    pub fn socket_send(&self, client_id: String, data: String) -> i64 {
-        self.running()
-            .map_or(0, |server| server.send_text(&client_id, &data))
-    }
-
-    /// What `outboundTransformer` produced for an encrypted client: sent as it is.
-    #[napi]
-    pub fn send_transformed(&self, client_id: String, message: String) {
-        if let Some(server) = self.running() {
-            server.send_text(&client_id, &message);
-        }
     }
 
     /// `enableClientEncryption`: irreversible; false for an unknown or already encrypted
