@@ -185,7 +185,9 @@ class CallbackDispatcher {
       }
       case MESSAGE: {
         const [, , clientId, userId, message] = call;
-        const held = this.heldMessages.get(clientId);
+        // Most applications' handlers are synchronous: then nothing is ever held, and the
+        // lookup (hashing a fresh 36-character id) is skipped.
+        const held = this.heldMessages.size === 0 ? undefined : this.heldMessages.get(clientId);
         if (held) {
           held.push([token, userId, message]);
           answers.push([token, DEFERRED, 0]);
@@ -246,12 +248,11 @@ class CallbackDispatcher {
    * messages are then held until it settles or callbackTimeout passes.
    */
   runMessage(token, clientId, userId, message) {
-    const report = error => this.logger.error(`Message handler error | id: ${clientId} | error: ${errorText(error)}`);
     let result;
     try {
       result = this.callbacks.messageHandler({ clientId, userId: userId ?? undefined, message });
     } catch (error) {
-      report(error);
+      this.reportMessageError(clientId, error);
       return false;
     }
     if (!isThenable(result)) {
@@ -274,10 +275,14 @@ class CallbackDispatcher {
     // A handler that never settles must not keep the process alive after shutdown.
     timer.unref?.();
     Promise.resolve(result).then(finish, error => {
-      report(error);
+      this.reportMessageError(clientId, error);
       finish();
     });
     return true;
+  }
+
+  reportMessageError(clientId, error) {
+    this.logger.error(`Message handler error | id: ${clientId} | error: ${errorText(error)}`);
   }
 
   /** Runs the messages held behind a settled handler, in order, until one is async again. */
