@@ -87,7 +87,17 @@ const SCENARIOS = [
     units: c => c.result.round_trips,
     unitName: 'round trip',
   },
+  {
+    // The same with four times the messages in flight: how the cost of a crossing into JS,
+    // paid per batch, falls as batches grow.
+    name: 'echo-200',
+    loadgen: 'echo',
+    args: ['--clients', '200', '--duration', quick ? '4' : '10', '--warmup', '2'],
+    units: c => c.result.round_trips,
+    unitName: 'round trip',
+  },
 ];
+const isEcho = scenario => (scenario.loadgen ?? scenario.name) === 'echo';
 
 const IMPLEMENTATIONS = [
   { name: 'ts-helper (bun)', key: 'ts', command: redisPort => [bun, path.join(here, 'servers', 'ts-helper.js'), String(redisPort)] },
@@ -96,7 +106,7 @@ const IMPLEMENTATIONS = [
   { name: 'native (bun)', key: 'bun', command: redisPort => [bun, path.join(here, 'servers', 'native.js'), ...(redisPort ? [String(redisPort)] : [])] },
   // Not a contender: about the least a server can do per scenario (one thread, no JS, one
   // write(2) per delivery; loadgen/src/bin/reference.rs), so the tables show the floor.
-  { name: 'reference (Rust, no JS)', key: 'ref', command: () => [referenceServer], scenarios: ['connect', 'fanout', 'rooms', 'echo'] },
+  { name: 'reference (Rust, no JS)', key: 'ref', command: () => [referenceServer], scenarios: ['connect', 'fanout', 'rooms', 'echo', 'echo-200'] },
 ];
 const runsScenario = (implementation, name) => !implementation.scenarios || implementation.scenarios.includes(name);
 
@@ -261,7 +271,7 @@ function summarize(runs, scenario) {
     summary.p99 = pick(run => r(run).time_to_connected.p99_ms);
     summary.rssPerConnection = pick(run => (run.idleRss - run.rssStart) / r(run).connected);
     summary.failures = pick(run => r(run).failures);
-  } else if (scenario.name === 'echo') {
+  } else if (isEcho(scenario)) {
     summary.rate = pick(run => r(run).round_trips_per_s);
     summary.p50 = pick(run => r(run).latency.p50_ms);
     summary.p99 = pick(run => r(run).latency.p99_ms);
@@ -323,7 +333,7 @@ async function main() {
           (results[scenario.name][implementation.key] ??= []).push(run);
           const units = scenario.units(run);
           process.stderr.write(
-            `server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s, ${units} ${scenario.unitName}s, ${((run.serverCpu / units) * 1e6).toFixed(2)} µs each\n`,
+            `server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s, ${units} ${scenario.unitName.replace(/y$/, 'ie')}s, ${((run.serverCpu / units) * 1e6).toFixed(2)} µs each\n`,
           );
         }
       }
@@ -369,8 +379,8 @@ function report(info, results, unpinned) {
     const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
     const base = summaries.ts;
     out.push(`## ${name}`, '', `\`loadgen ${scenario.loadgen ?? name} ${scenario.args.join(' ')}\``, '');
-    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : name === 'echo' ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
-    const rateName = name === 'connect' ? 'connections/s' : name === 'echo' ? 'round trips/s' : 'deliveries/s';
+    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : isEcho(scenario) ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
+    const rateName = name === 'connect' ? 'connections/s' : isEcho(scenario) ? 'round trips/s' : 'deliveries/s';
     out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | switches/1k | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
     out.push(`|---|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
     for (const implementation of IMPLEMENTATIONS) {
@@ -379,7 +389,7 @@ function report(info, results, unpinned) {
       const ratio = base ? (s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2) : '';
       const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio, fmt(s.switchesPer1000, 0)];
       if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.failures, 0));
-      else if (name !== 'echo') cells.push(fmt(s.loss, 0));
+      else if (!isEcho(scenario)) cells.push(fmt(s.loss, 0));
       if (scenario.rssGrowth) cells.push(fmt(s.rssGrowthMb, 1));
       cells.push(bottleneck(s));
       out.push(`| ${implementation.name} | ${cells.join(' | ')} |`);
