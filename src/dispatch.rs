@@ -21,7 +21,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -557,7 +556,7 @@ impl Dispatcher {
             // Woken by the first call: let every other task that is already runnable (readers
             // with a message in hand) queue theirs before the batch is cut. One scheduler pass
             // of latency buys far fewer JS crossings under load.
-            run_queued_tasks_first().await;
+            tokio::task::yield_now().await;
             while items.len() < MAX_BATCH_ITEMS {
                 match receiver.try_recv() {
                     Ok(item) => items.push(item),
@@ -698,23 +697,6 @@ impl Drop for BatchInJs {
                 .answered(Err("the batch was dropped unrun".into()), messages);
         }
     }
-}
-
-/// Lets every task that is already runnable on this worker run before the caller goes on:
-/// the task wakes itself, which puts it at the back of the run queue. Not
-/// `tokio::task::yield_now`, which waits for the next poll of the I/O driver, one more
-/// `epoll_wait` per batch.
-async fn run_queued_tasks_first() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
