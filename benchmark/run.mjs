@@ -88,8 +88,8 @@ const SCENARIOS = [
     unitName: 'round trip',
   },
   {
-    // The same with four times the messages in flight: how the cost of a crossing into JS,
-    // paid per batch, falls as batches grow.
+    // The same with four times the messages in flight: whether larger batches make the
+    // crossing into JS, paid per batch, cheaper per round trip (benchmark/README.md).
     name: 'echo-200',
     loadgen: 'echo',
     args: ['--clients', '200', '--duration', quick ? '4' : '10', '--warmup', '2'],
