@@ -43,6 +43,33 @@ describe('authentication', () => {
     client.close();
   });
 
+  it('has the metadata on the client by the time the client receives connected, and forgets it when not accepted', async () => {
+    for (const authenticateFn of [
+      data => ({ userId: data.user, metadata: { user: data.user } }),
+      async data => ({ userId: data.user, metadata: { user: data.user } }),
+    ]) {
+      const server = await start({ authenticateFn });
+      for (let i = 0; i < 10; i++) {
+        const client = await TestClient.open(server.url);
+        client.send({ event: 'authenticate', data: { user: `u${i}` } });
+        const connected = await client.next('connected');
+        // No wait: the TypeScript helper attaches metadata before it sends `connected`.
+        assert.deepEqual(server.getClients({ id: connected.data.id })?.metadata, { user: `u${i}` });
+        client.close();
+      }
+    }
+    // Accepted by authenticateFn, then refused by handshakeFn: nothing is kept for it.
+    const server = await start({
+      requireEncryption: true,
+      authenticateFn: () => ({ userId: 'x', metadata: { kept: true } }),
+      handshakeFn: () => false,
+    });
+    const client = await TestClient.open(server.url);
+    client.send({ event: 'authenticate', data: {} });
+    await client.waitClosed();
+    await waitUntil(() => server.metadata.size === 0);
+  });
+
   it('passes {} when authenticate carries no data, and accepts an anonymous result', async () => {
     let received;
     const server = await start({

@@ -101,7 +101,10 @@ class CallbackDispatcher {
     this.callbackTimeout = callbackTimeout;
     /** clientId -> messages waiting for that client's pending messageHandler Promise. */
     this.heldMessages = new Map();
-    /** Metadata of accepted authentications until Rust hands it to a client or discards it. */
+    /**
+     * Authentication token -> client id, for accepted authentications that returned metadata,
+     * until Rust confirms the client (CLIENT_CONNECTED) or discards it (DISCARD).
+     */
     this.pendingAuth = new Map();
     /** (token, failed, valueText) => boolean: hands Rust a late outcome; set by `attach`. */
     this.settle = () => false;
@@ -144,15 +147,18 @@ class CallbackDispatcher {
         return;
       }
       case AUTHENTICATE: {
-        const [, , , data, request] = call;
+        const [, , clientId, data, request] = call;
         this.run(token, answers, () => callbacks.authenticateFn(data ?? {}, upgradeRequest(request)), result => {
           if (!result) {
             return false;
           }
-          // `keep`: there is metadata to hand to the client, which takes a second crossing.
+          // `keep`: JS holds metadata for this client. It is attached now, before Rust sends
+          // `connected`, as the TypeScript helper has it on the client by then; Rust confirms
+          // it (CLIENT_CONNECTED) or discards it if the client is not accepted after all.
           const keep = result.metadata !== undefined;
           if (keep) {
-            this.pendingAuth.set(token, result.metadata);
+            this.pendingAuth.set(token, clientId);
+            this.metadata.set(clientId, result.metadata);
           }
           const userId = result.userId === undefined || result.userId === null ? null : String(result.userId);
           return { userId, keep };
@@ -171,11 +177,8 @@ class CallbackDispatcher {
       }
       case CLIENT_CONNECTED: {
         const [, , clientId, userId, authToken] = call;
-        const metadata = this.pendingAuth.get(authToken);
         this.pendingAuth.delete(authToken);
-        if (metadata !== undefined) {
-          this.metadata.set(clientId, metadata);
-        }
+        const metadata = this.metadata.get(clientId);
         if (!callbacks.clientConnectedFn) {
           answers.push([token, RESOLVED, null]);
           return;
@@ -204,7 +207,7 @@ class CallbackDispatcher {
         return;
       }
       case DISCARD:
-        this.pendingAuth.delete(call[2]);
+        this.discardAuthentication(call[2]);
         return;
       case LOG: {
         const [, , level, text] = call;
@@ -325,13 +328,22 @@ class CallbackDispatcher {
         }
         if (!answered) {
           // Nobody waits any more (timed out, client gone): drop what we kept for it.
-          this.pendingAuth.delete(token);
+          this.discardAuthentication(token);
         }
       },
       error => {
         this.settle(token, true, errorText(error));
       },
     );
+  }
+
+  /** Forgets the metadata an authentication attached to a client that was not accepted. */
+  discardAuthentication(token) {
+    const clientId = this.pendingAuth.get(token);
+    if (clientId !== undefined) {
+      this.pendingAuth.delete(token);
+      this.metadata.delete(clientId);
+    }
   }
 
   notifyRedisStatus(status, detail) {

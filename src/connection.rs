@@ -810,7 +810,8 @@ impl Session {
                 return self.close(close_code::AUTH_FAILED, "Authentication failed");
             }
             // The JS dispatcher answers `false` for a falsy result, otherwise `{ userId, keep }`
-            // where `keep` says it holds metadata for this token.
+            // where `keep` says it attached metadata to this client under this token: confirmed
+            // by `ClientConnected`, or dropped by `Discard` if the client is not accepted.
             Ok(Value::Object(result)) => (
                 result
                     .get("userId")
@@ -872,7 +873,7 @@ impl Session {
         if !keep_metadata && !self.core.config.has_client_connected_fn {
             return;
         }
-        // Also hands the metadata JS kept for `auth_token` over to the client.
+        // Also confirms the metadata JS attached under `auth_token` (JS stops tracking it).
         let mut call = self.core.dispatcher.call(JsCall::ClientConnected {
             client_id: &id,
             user_id: user.as_deref(),
