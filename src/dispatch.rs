@@ -610,9 +610,8 @@ impl Dispatcher {
                     batch,
                     BatchInJs {
                         dispatcher: self.clone(),
-                        messages,
+                        messages: Some(messages),
                         _permit: permit,
-                        answered: false,
                     },
                 );
             }
@@ -674,28 +673,28 @@ impl Dispatcher {
 /// messages as if JS had answered with nothing, so no reader waits on them for ever.
 pub struct BatchInJs {
     dispatcher: Arc<Dispatcher>,
-    messages: Vec<u64>,
+    /// The batch's custom messages; taken when the answer is acted on.
+    messages: Option<Vec<u64>>,
     /// One of `BATCHES_IN_FLIGHT`, returned when the answer has been acted on.
     _permit: OwnedSemaphorePermit,
-    answered: bool,
 }
 
 impl BatchInJs {
     /// JS's answer, or why the batch could not run.
     pub fn answer(mut self, answer: Result<String, String>) {
-        self.answered = true;
-        let messages = std::mem::take(&mut self.messages);
-        self.dispatcher.answered(answer, messages);
+        self.act_on(answer);
+    }
+
+    fn act_on(&mut self, answer: Result<String, String>) {
+        if let Some(messages) = self.messages.take() {
+            self.dispatcher.answered(answer, messages);
+        }
     }
 }
 
 impl Drop for BatchInJs {
     fn drop(&mut self) {
-        if !self.answered {
-            let messages = std::mem::take(&mut self.messages);
-            self.dispatcher
-                .answered(Err("the batch was dropped unrun".into()), messages);
-        }
+        self.act_on(Err("the batch was dropped unrun".into()));
     }
 }
 
