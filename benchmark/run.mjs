@@ -140,6 +140,16 @@ function rssBytes(pid) {
   return Number(fs.readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE;
 }
 
+/**
+ * Anonymous resident memory (RssAnon): RSS without file-backed pages. When a server first
+ * handles connections, the pages of its runtime's binary that run for them are read in (a
+ * one-time 2–5 MB here, more for a bigger binary); RSS counts them, RssAnon does not.
+ */
+function anonRssBytes(pid) {
+  const match = /^RssAnon:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match ? Number(match[1]) * 1024 : Number.NaN;
+}
+
 function freePort() {
   return new Promise(resolve => {
     const server = net.createServer();
@@ -197,6 +207,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
   const driverArgs = instances > 1 ? ['--driver-url', `ws://127.0.0.1:${servers[0].port}/ws`] : [];
   await new Promise(resolve => setTimeout(resolve, 500));
   const rssStart = rssBytes(pid);
+  const anonRssStart = anonRssBytes(pid);
   const [lgCommand, ...lgArgs] = pinned(loadgenCore, [loadgen, scenario.loadgen ?? scenario.name, '--url', `ws://127.0.0.1:${port}/ws`, ...driverArgs, ...scenario.args]);
   const generator = spawn(lgCommand, lgArgs, { stdio: ['pipe', 'pipe', 'pipe'] });
   let generatorErrors = '';
@@ -218,6 +229,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
         marks.end = sample();
       } else if (line === 'PHASE idle') {
         marks.idleRss = rssBytes(pid);
+        marks.idleAnonRss = anonRssBytes(pid);
         generator.stdin.write('go\n');
       } else if (line.startsWith('RESULT ')) {
         resolve(JSON.parse(line.slice(7)));
@@ -243,6 +255,8 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     rssStart,
     rssEnd: marks.end.rss,
     idleRss: marks.idleRss,
+    anonRssStart,
+    idleAnonRss: marks.idleAnonRss,
   };
 }
 
@@ -270,6 +284,7 @@ function summarize(runs, scenario) {
     summary.p50 = pick(run => r(run).time_to_connected.p50_ms);
     summary.p99 = pick(run => r(run).time_to_connected.p99_ms);
     summary.rssPerConnection = pick(run => (run.idleRss - run.rssStart) / r(run).connected);
+    summary.anonRssPerConnection = pick(run => (run.idleAnonRss - run.anonRssStart) / r(run).connected);
     summary.failures = pick(run => r(run).failures);
   } else if (isEcho(scenario)) {
     summary.rate = pick(run => r(run).round_trips_per_s);
@@ -373,13 +388,14 @@ function report(info, results, unpinned) {
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.');
   out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor).');
+  out.push('- "RSS/conn" (connect) is the growth of the server\'s resident memory from before the first connection to all connections idle, per connection; "anon RSS/conn" counts anonymous memory only (RssAnon), leaving out the pages of the runtime\'s own binary that are first read in while connections are served (file-backed code, read once: 2–5 MB here, more for Bun\'s binary than for Node\'s).');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {
     const scenario = SCENARIOS.find(s => s.name === name);
     const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
     const base = summaries.ts;
     out.push(`## ${name}`, '', `\`loadgen ${scenario.loadgen ?? name} ${scenario.args.join(' ')}\``, '');
-    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'failures'] : isEcho(scenario) ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
+    const extra = name === 'connect' ? ['RSS/conn (bytes)', 'anon RSS/conn (bytes)', 'failures'] : isEcho(scenario) ? [] : scenario.rssGrowth ? ['loss', 'RSS growth (MB)'] : ['loss'];
     const rateName = name === 'connect' ? 'connections/s' : isEcho(scenario) ? 'round trips/s' : 'deliveries/s';
     out.push(`| implementation | ${rateName} | p50 ms | p99 ms | CPU/${scenario.unitName} (µs) | CPU ratio vs ts | switches/1k | ${extra.join(' | ')}${extra.length ? ' | ' : ''}bottleneck |`);
     out.push(`|---|---|---|---|---|---|---|${extra.map(() => '---|').join('')}---|`);
@@ -388,7 +404,7 @@ function report(info, results, unpinned) {
       if (!s) continue;
       const ratio = base ? (s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2) : '';
       const cells = [fmt(s.rate, 0), fmt(s.p50, 2), fmt(s.p99, 2), fmt(s.cpuPerUnitUs, 2), ratio, fmt(s.switchesPer1000, 0)];
-      if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.failures, 0));
+      if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.anonRssPerConnection, 0), fmt(s.failures, 0));
       else if (!isEcho(scenario)) cells.push(fmt(s.loss, 0));
       if (scenario.rssGrowth) cells.push(fmt(s.rssGrowthMb, 1));
       cells.push(bottleneck(s));
@@ -398,7 +414,10 @@ function report(info, results, unpinned) {
       const ratios = IMPLEMENTATIONS.filter(i => i.key !== 'ts' && summaries[i.key]).map(i => {
         const s = summaries[i.key];
         const parts = [`rate ${(s.rate.median / base.rate.median).toFixed(2)}x`, `CPU/${scenario.unitName} ${(s.cpuPerUnitUs.median / base.cpuPerUnitUs.median).toFixed(2)}x`];
-        if (name === 'connect') parts.push(`RSS/conn ${(s.rssPerConnection.median / base.rssPerConnection.median).toFixed(2)}x`);
+        if (name === 'connect') {
+          parts.push(`RSS/conn ${(s.rssPerConnection.median / base.rssPerConnection.median).toFixed(2)}x`);
+          parts.push(`anon RSS/conn ${(s.anonRssPerConnection.median / base.anonRssPerConnection.median).toFixed(2)}x`);
+        }
         parts.push(`p99 ${(s.p99.median / base.p99.median).toFixed(2)}x`);
         return `${i.name}: ${parts.join(', ')}`;
       });

@@ -179,7 +179,13 @@ pub enum DataMessage {
 /// size limit across fragments and after inflating. Control frames are not passed through it.
 #[derive(Default)]
 pub struct MessageAssembler {
-    opcode: Option<u8>,
+    /// The message being reassembled, from its first fragment to its last. Boxed: most
+    /// messages are never fragmented, and every idle connection holds an assembler.
+    partial: Option<Box<Partial>>,
+}
+
+struct Partial {
+    opcode: u8,
     compressed: bool,
     fragments: Vec<u8>,
 }
@@ -190,34 +196,37 @@ impl MessageAssembler {
         frame: Frame,
         max_payload: usize,
     ) -> Result<Option<DataMessage>, FrameError> {
-        let (opcode, payload) = match (frame.opcode, self.opcode) {
+        let (opcode, compressed, payload) = match (frame.opcode, self.partial.as_mut()) {
             (OP_CONTINUATION, None) => {
                 return Err(FrameError::Protocol("Continuation without a message"))
             }
-            (OP_CONTINUATION, Some(opcode)) => {
-                if self.fragments.len() + frame.payload.len() > max_payload {
+            (OP_CONTINUATION, Some(partial)) => {
+                if partial.fragments.len() + frame.payload.len() > max_payload {
                     return Err(FrameError::TooBig);
                 }
-                self.fragments.extend_from_slice(&frame.payload);
+                partial.fragments.extend_from_slice(&frame.payload);
                 if !frame.fin {
                     return Ok(None);
                 }
-                self.opcode = None;
-                (opcode, std::mem::take(&mut self.fragments))
+                let Partial {
+                    opcode,
+                    compressed,
+                    fragments,
+                } = *self.partial.take().expect("a message is being reassembled");
+                (opcode, compressed, fragments)
             }
             (_, Some(_)) => return Err(FrameError::Protocol("Expected a continuation frame")),
             (opcode, None) if !frame.fin => {
-                self.opcode = Some(opcode);
-                self.compressed = frame.compressed;
-                self.fragments = frame.payload;
+                self.partial = Some(Box::new(Partial {
+                    opcode,
+                    compressed: frame.compressed,
+                    fragments: frame.payload,
+                }));
                 return Ok(None);
             }
-            (opcode, None) => {
-                self.compressed = frame.compressed;
-                (opcode, frame.payload)
-            }
+            (opcode, None) => (opcode, frame.compressed, frame.payload),
         };
-        let payload = if std::mem::take(&mut self.compressed) {
+        let payload = if compressed {
             deflate::decompress(&payload, max_payload).map_err(|error| match error {
                 InflateError::TooBig => FrameError::TooBig,
                 InflateError::Invalid => FrameError::InvalidCompressed,

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use smallvec::SmallVec;
 use std::task::{Context, Poll};
 
 use crate::frame::{close_code, close_frame, OutboundText};
@@ -25,10 +26,11 @@ pub type ClientId = Arc<str>;
 /// were not (a cache miss per recipient, measured with `perf annotate`). Members are found
 /// by handle address (the list holds the handle, so the address stays theirs), by scanning
 /// while the set is small and through a position map once it is not; so every client's
-/// own-id room costs one small allocation instead of a hash table.
+/// own-id room costs no allocation at all (a set of one is kept inline) instead of a hash table.
 #[derive(Default)]
 struct Members {
-    list: Vec<Arc<ClientHandle>>,
+    /// Inline for one member (every own-id room, most users), as large as a `Vec` otherwise.
+    list: SmallVec<[Arc<ClientHandle>; 1]>,
     /// Boxed (8 bytes instead of 48 inline): most sets, every client's own-id room and most
     /// users, never need one, and each is a value in the rooms or users table.
     #[allow(clippy::box_collection)]
@@ -80,7 +82,7 @@ impl Members {
         }
         // A room that was large and emptied out gives its memory back.
         if self.list.capacity() > 64 && self.list.len() < self.list.capacity() / 4 {
-            self.list.shrink_to(self.list.len() * 2);
+            self.list.grow(self.list.len() * 2);
             if let Some(positions) = &mut self.positions {
                 positions.shrink_to(self.list.len() * 2);
             }
@@ -135,8 +137,9 @@ pub struct ClientHandle {
     close_started: AtomicBool,
     /// The connection's reader task, woken when `close_started` is set.
     close_waker: AtomicWaker,
-    /// Set once, never cleared: encryption cannot be turned off for a connection.
-    encryption: OnceLock<Encryption>,
+    /// Set once, never cleared: encryption cannot be turned off for a connection. Boxed:
+    /// most connections never have it, and it is 40 bytes more in each of them inline.
+    encryption: OnceLock<Box<Encryption>>,
 }
 
 /// A client's encryption, from `handshakeFn` (keys) or `enableClientEncryption` (none).
@@ -181,11 +184,11 @@ impl ClientHandle {
 
     /// Marks the connection encrypted. False when it already was (the first keys stay).
     pub fn enable_encryption(&self, encryption: Encryption) -> bool {
-        self.encryption.set(encryption).is_ok()
+        self.encryption.set(Box::new(encryption)).is_ok()
     }
 
     pub fn encryption(&self) -> Option<&Encryption> {
-        self.encryption.get()
+        self.encryption.get().map(|encryption| &**encryption)
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -293,7 +296,42 @@ struct Entry {
     handle: Arc<ClientHandle>,
     state: ClientState,
     user_id: Option<Arc<str>>,
-    rooms: HashSet<Arc<str>>,
+    rooms: ClientRooms,
+}
+
+/// The rooms one client is in: its own id and the default rooms (three, by default) fit
+/// inline, with no allocation; a hash set took 48 bytes here and 96 more on the heap for every
+/// client. Looked up by scanning, which is fast for the few rooms a client is usually in.
+#[derive(Default)]
+struct ClientRooms(SmallVec<[Arc<str>; 3]>);
+
+impl ClientRooms {
+    /// False when the client was in the room already.
+    fn insert(&mut self, room: Arc<str>) -> bool {
+        if self.contains(&room) {
+            return false;
+        }
+        self.0.push(room);
+        true
+    }
+
+    fn remove(&mut self, room: &str) -> bool {
+        match self.0.iter().position(|joined| &**joined == room) {
+            Some(at) => {
+                self.0.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn contains(&self, room: &str) -> bool {
+        self.0.iter().any(|joined| &**joined == room)
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Arc<str>> {
+        self.0.iter()
+    }
 }
 
 /// A copy of one client's fields, for `getClients()` and friends.
@@ -320,6 +358,13 @@ pub struct ClientSnapshot {
 pub struct Removed {
     pub user_id: Option<Arc<str>>,
     pub state: ClientState,
+}
+
+/// A client the index accepted as authenticated.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The user id as the user index keeps it: connections share one copy.
+    pub user_id: Option<Arc<str>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -408,7 +453,7 @@ impl Hub {
             handle: handle.clone(),
             state: ClientState::Unauthorized,
             user_id: None,
-            rooms: HashSet::new(),
+            rooms: ClientRooms::default(),
         };
         self.write().clients.insert(handle.id.clone(), entry);
     }
@@ -425,18 +470,16 @@ impl Hub {
     }
 
     /// Marks the client authenticated, indexes its user, joins its own id room and the
-    /// default rooms, and adds it to the broadcast audience. False if it is gone.
+    /// default rooms, and adds it to the broadcast audience. None if it is gone.
     pub fn complete_authentication(
         &self,
         id: &str,
         user_id: Option<&str>,
         default_rooms: &[String],
-    ) -> bool {
+    ) -> Option<Authenticated> {
         let mut guard = self.write();
         let index = &mut *guard;
-        let Some(entry) = index.clients.get_mut(id) else {
-            return false;
-        };
+        let entry = index.clients.get_mut(id)?;
         entry.state = ClientState::Authenticated;
         let handle = entry.handle.clone();
         if let Some(user) = user_id {
@@ -454,7 +497,9 @@ impl Hub {
             let room = insert_member(&mut index.rooms, room, &handle);
             entry.rooms.insert(room);
         }
-        true
+        Some(Authenticated {
+            user_id: entry.user_id.clone(),
+        })
     }
 
     pub fn join(&self, id: &str, room: &str) -> bool {
@@ -499,7 +544,7 @@ impl Hub {
         if let Some(user) = &entry.user_id {
             remove_member(&mut index.users, user, &entry.handle);
         }
-        for room in &entry.rooms {
+        for room in entry.rooms.iter() {
             remove_member(&mut index.rooms, room, &entry.handle);
         }
         index.authenticated.remove(&entry.handle);
@@ -751,11 +796,9 @@ mod tests {
     fn authenticated(hub: &Hub, id: &str, user: Option<&str>) -> Arc<ClientHandle> {
         let handle = client(hub, id);
         assert_eq!(hub.begin_authentication(id), AuthStart::Started);
-        assert!(hub.complete_authentication(
-            id,
-            user,
-            &["ws-default".into(), "ws-notification".into()]
-        ));
+        assert!(hub
+            .complete_authentication(id, user, &["ws-default".into(), "ws-notification".into()])
+            .is_some());
         handle
     }
 
@@ -772,14 +815,21 @@ mod tests {
         assert_eq!(hub.begin_authentication("a"), AuthStart::Started);
         assert_eq!(hub.begin_authentication("a"), AuthStart::NotUnauthorized);
         assert_eq!(hub.begin_authentication("zz"), AuthStart::Unknown);
-        assert!(hub.complete_authentication("a", Some("u1"), &["ws-default".into()]));
+        let accepted = hub.complete_authentication("a", Some("u1"), &["ws-default".into()]);
+        assert_eq!(accepted.unwrap().user_id.as_deref(), Some("u1"));
         let snapshot = hub.snapshot("a").unwrap();
         assert_eq!(snapshot.state, ClientState::Authenticated);
         assert_eq!(snapshot.user_id.as_deref(), Some("u1"));
         assert_eq!(sorted(snapshot.rooms), vec!["a", "ws-default"]);
         assert_eq!(hub.snapshots_of_user("u1").len(), 1);
         assert!(hub.has_room("a"));
-        assert!(!hub.complete_authentication("gone", None, &[]));
+        assert!(hub.complete_authentication("gone", None, &[]).is_none());
+        // A user's connections share one copy of its id: the index's.
+        client(&hub, "b");
+        hub.begin_authentication("b");
+        let second = hub.complete_authentication("b", Some("u1"), &[]).unwrap();
+        let first = hub.user_of("a").unwrap();
+        assert!(Arc::ptr_eq(&first, &second.user_id.unwrap()));
     }
 
     #[test]
@@ -895,5 +945,29 @@ mod tests {
         }
         assert!(members.is_empty());
         assert!(members.list.capacity() <= 64);
+        // A set of one (every own-id room) needs no allocation.
+        let mut one = Members::default();
+        one.insert(&handles[0]);
+        assert!(!one.list.spilled());
+    }
+
+    #[test]
+    fn a_client_keeps_any_number_of_rooms() {
+        let hub = Hub::default();
+        authenticated(&hub, "a", None);
+        let rooms: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        for room in &rooms {
+            assert!(hub.join("a", room));
+        }
+        assert!(hub.join("a", "r3")); // joining again changes nothing
+        for room in &rooms[..4] {
+            assert!(hub.leave("a", room));
+        }
+        assert!(!hub.leave("a", "r0"));
+        let mut expected: Vec<String> = rooms[4..].to_vec();
+        expected.extend(["a".into(), "ws-default".into(), "ws-notification".into()]);
+        assert_eq!(sorted(hub.snapshot("a").unwrap().rooms), sorted(expected));
+        assert_eq!(hub.snapshots_of_room("r3").len(), 0);
+        assert_eq!(hub.snapshots_of_room("r9").len(), 1);
     }
 }

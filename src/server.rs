@@ -48,8 +48,11 @@ pub(crate) struct Core {
     stop: watch::Sender<bool>,
     /// Each connection task holds a clone; shutdown drops the original and waits until the
     /// channel reports every clone gone.
-    alive: Mutex<Option<mpsc::Sender<()>>>,
+    alive: Mutex<Option<ConnectionGuard>>,
 }
+
+/// Held by each connection task; see `Core::alive`.
+pub(crate) type ConnectionGuard = mpsc::Sender<()>;
 
 impl Core {
     /// Formats and queues a log line, unless no JS logger method takes its level.
@@ -264,11 +267,8 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
                 else {
                     return;
                 };
-                let core = core.clone();
-                tokio::spawn(async move {
-                    connection::run(core, stream, peer).await;
-                    drop(alive);
-                });
+                let accepted = Box::new(connection::Accepted { stream, peer });
+                tokio::spawn(connection::run(core.clone(), accepted, alive));
             }
             Err(error) => {
                 // Typically out of file descriptors: back off instead of spinning.
