@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 use std::task::{Context, Poll};
 
@@ -25,30 +26,45 @@ pub type ClientId = Arc<str>;
 /// cache: consecutive pointers are fetched ahead by the CPU, a hash table's scattered buckets
 /// were not (a cache miss per recipient, measured with `perf annotate`). Members are found
 /// by handle address (the list holds the handle, so the address stays theirs), by scanning
-/// while the set is small and through a position map once it is not; so every client's
+/// while the set is small and through a position index once it is not; so every client's
 /// own-id room costs no allocation at all (a set of one is kept inline) instead of a hash table.
 #[derive(Default)]
 struct Members {
     /// Inline for one member (every own-id room, most users), as large as a `Vec` otherwise.
     list: SmallVec<[Arc<ClientHandle>; 1]>,
-    /// Boxed (8 bytes instead of 48 inline): most sets, every client's own-id room and most
-    /// users, never need one, and each is a value in the rooms or users table.
-    #[allow(clippy::box_collection)]
-    positions: Option<Box<HashMap<usize, usize>>>,
+    /// Each member's position in `list`, hashed by the member's address: 4 bytes a slot, where
+    /// a map from address to position took 16 (with the default rooms, three sets hold every
+    /// client). Boxed (8 bytes instead of 32 inline): most sets never need one.
+    positions: Option<Box<HashTable<u32>>>,
 }
 
-/// Sets larger than this keep a position map.
+/// Sets larger than this keep a position index.
 const MEMBERS_SCANNED_UP_TO: usize = 32;
 
 fn address(handle: &ClientHandle) -> usize {
     handle as *const ClientHandle as usize
 }
 
+/// Addresses are not chosen by peers, so a multiplicative hash will do; folding the high
+/// half in gives the low bits (the bucket) the entropy the low, aligned address bits lack.
+fn hash_address(address: usize) -> u64 {
+    let mixed = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    mixed ^ (mixed >> 32)
+}
+
+fn hash_position(list: &[Arc<ClientHandle>], at: u32) -> u64 {
+    hash_address(address(&list[at as usize]))
+}
+
 impl Members {
     fn position(&self, handle: &ClientHandle) -> Option<usize> {
         let key = address(handle);
         match &self.positions {
-            Some(positions) => positions.get(&key).copied(),
+            Some(positions) => positions
+                .find(hash_address(key), |&at| {
+                    address(&self.list[at as usize]) == key
+                })
+                .map(|&at| at as usize),
             None => self.list.iter().position(|member| address(member) == key),
         }
     }
@@ -57,15 +73,23 @@ impl Members {
         if self.position(handle).is_some() {
             return;
         }
-        if let Some(positions) = &mut self.positions {
-            positions.insert(address(handle), self.list.len());
-        }
         self.list.push(handle.clone());
-        if self.positions.is_none() && self.list.len() > MEMBERS_SCANNED_UP_TO {
-            let positions = self.list.iter().enumerate();
-            self.positions = Some(Box::new(
-                positions.map(|(at, m)| (address(m), at)).collect(),
-            ));
+        let Members { list, positions } = self;
+        match positions {
+            Some(positions) => {
+                let at = (list.len() - 1) as u32;
+                positions.insert_unique(hash_address(address(handle)), at, |&at| {
+                    hash_position(list, at)
+                });
+            }
+            None if list.len() > MEMBERS_SCANNED_UP_TO => {
+                let mut index = HashTable::with_capacity(list.len() * 2);
+                for at in 0..list.len() as u32 {
+                    index.insert_unique(hash_position(list, at), at, |&at| hash_position(list, at));
+                }
+                *positions = Some(Box::new(index));
+            }
+            None => {}
         }
     }
 
@@ -73,18 +97,29 @@ impl Members {
         let Some(at) = self.position(handle) else {
             return;
         };
+        let last = self.list.len() - 1;
         self.list.swap_remove(at);
-        if let Some(positions) = &mut self.positions {
-            positions.remove(&address(handle));
-            if let Some(moved) = self.list.get(at) {
-                positions.insert(address(moved), at);
+        let Members { list, positions } = self;
+        if let Some(positions) = positions {
+            if let Ok(entry) =
+                positions.find_entry(hash_address(address(handle)), |&i| i as usize == at)
+            {
+                entry.remove();
+            }
+            // The last member moved into the freed position.
+            if let Some(moved) = list.get(at) {
+                if let Some(slot) =
+                    positions.find_mut(hash_address(address(moved)), |&i| i as usize == last)
+                {
+                    *slot = at as u32;
+                }
             }
         }
         // A room that was large and emptied out gives its memory back.
-        if self.list.capacity() > 64 && self.list.len() < self.list.capacity() / 4 {
-            self.list.grow(self.list.len() * 2);
-            if let Some(positions) = &mut self.positions {
-                positions.shrink_to(self.list.len() * 2);
+        if list.capacity() > 64 && list.len() < list.capacity() / 4 {
+            list.grow(list.len() * 2);
+            if let Some(positions) = positions {
+                positions.shrink_to(list.len() * 2, |&at| hash_position(list, at));
             }
         }
     }
