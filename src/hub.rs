@@ -336,36 +336,66 @@ struct Entry {
 
 /// The rooms one client is in: its own id and the default rooms (three, by default) fit
 /// inline, with no allocation; a hash set took 48 bytes here and 96 more on the heap for every
-/// client. Looked up by scanning, which is fast for the few rooms a client is usually in.
-#[derive(Default)]
-struct ClientRooms(SmallVec<[Arc<str>; 3]>);
+/// client. Scanned while short; a client that joins many rooms (a flood of joins, say) gets a
+/// hash set, so each join stays a constant-time check instead of a scan of every room.
+enum ClientRooms {
+    Few(SmallVec<[Arc<str>; 3]>),
+    Many(HashSet<Arc<str>>),
+}
+
+/// A client's room list longer than this becomes a hash set.
+const CLIENT_ROOMS_SCANNED_UP_TO: usize = 32;
+
+impl Default for ClientRooms {
+    fn default() -> Self {
+        ClientRooms::Few(SmallVec::new())
+    }
+}
 
 impl ClientRooms {
     /// False when the client was in the room already.
     fn insert(&mut self, room: Arc<str>) -> bool {
-        if self.contains(&room) {
-            return false;
+        match self {
+            ClientRooms::Many(set) => set.insert(room),
+            ClientRooms::Few(list) => {
+                if list.contains(&room) {
+                    return false;
+                }
+                list.push(room);
+                if list.len() > CLIENT_ROOMS_SCANNED_UP_TO {
+                    *self = ClientRooms::Many(list.drain(..).collect());
+                }
+                true
+            }
         }
-        self.0.push(room);
-        true
     }
 
     fn remove(&mut self, room: &str) -> bool {
-        match self.0.iter().position(|joined| &**joined == room) {
-            Some(at) => {
-                self.0.swap_remove(at);
-                true
-            }
-            None => false,
+        match self {
+            ClientRooms::Many(set) => set.remove(room),
+            ClientRooms::Few(list) => match list.iter().position(|joined| &**joined == room) {
+                Some(at) => {
+                    list.swap_remove(at);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
     fn contains(&self, room: &str) -> bool {
-        self.0.iter().any(|joined| &**joined == room)
+        match self {
+            ClientRooms::Many(set) => set.contains(room),
+            ClientRooms::Few(list) => list.iter().any(|joined| &**joined == room),
+        }
     }
 
-    fn iter(&self) -> std::slice::Iter<'_, Arc<str>> {
-        self.0.iter()
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (few, many) = match self {
+            ClientRooms::Few(list) => (Some(list.iter()), None),
+            ClientRooms::Many(set) => (None, Some(set.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 }
 
@@ -990,7 +1020,8 @@ mod tests {
     fn a_client_keeps_any_number_of_rooms() {
         let hub = Hub::default();
         authenticated(&hub, "a", None);
-        let rooms: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        // Past the scanned list's length, so the rooms move into a hash set on the way.
+        let rooms: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
         for room in &rooms {
             assert!(hub.join("a", room));
         }
@@ -998,6 +1029,9 @@ mod tests {
         for room in &rooms[..4] {
             assert!(hub.leave("a", room));
         }
+        assert!(hub
+            .rooms_of_client_among("a", &["r3".into(), "r4".into()])
+            .eq(&["r4".to_string()]));
         assert!(!hub.leave("a", "r0"));
         let mut expected: Vec<String> = rooms[4..].to_vec();
         expected.extend(["a".into(), "ws-default".into(), "ws-notification".into()]);
