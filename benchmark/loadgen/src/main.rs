@@ -36,6 +36,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::LocalSet;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -142,8 +143,16 @@ fn field_u64(text: &str, name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// tungstenite zero-fills its read buffer (128 KB by default) before every read, and the
+/// first fill of each connection's buffer faults its pages in: with the default, the load
+/// generator spent half of its time in `memset` and page faults and saturated long before the
+/// servers did. The messages here are small; a larger one still arrives in several reads.
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
+
 async fn connect_authenticated(url: &str, user: &str) -> Result<(Sink, Stream), String> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_config()), false)
         .await
         .map_err(|e| e.to_string())?;
     authenticate(ws, user).await
@@ -164,9 +173,13 @@ async fn connect_stalled(url: &str, user: &str) -> Result<(Sink, Stream), String
         .set_recv_buffer_size(4096)
         .map_err(|e| e.to_string())?;
     let tcp = socket.connect(address).await.map_err(|e| e.to_string())?;
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(tcp),
+        Some(client_config()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     authenticate(ws, user).await
 }
 
