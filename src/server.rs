@@ -1,9 +1,11 @@
 //! The listener, the heartbeat sweep, shutdown, and the operations the JS API exposes.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -86,17 +88,48 @@ pub struct Server {
     port: u16,
 }
 
-/// Binds synchronously, so a taken port is reported by the call that asked for it.
+/// Connections the kernel completes and queues before `accept` takes them. Rust's standard
+/// listener asks for 128: a burst of clients reconnecting at once (after a deploy, say)
+/// overflowed it, and each dropped handshake cost its client a 1-second SYN retry. 1024 is
+/// tokio's own default (uWebSockets asks for 512, Node for 511); the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds synchronously, so a taken port is reported by the call that asked for it. Like the
+/// standard library's `TcpListener::bind`, it tries each address the host resolves to, with
+/// `SO_REUSEADDR`, so a restarted server can bind while old connections sit in TIME_WAIT.
 pub fn bind(config: &ServerConfig) -> Result<std::net::TcpListener, Error> {
     let address = format!("{}:{}", config.host, config.port);
-    let listener = std::net::TcpListener::bind(&address).map_err(|source| Error::Bind {
+    let bind_error = |source| Error::Bind {
         address: address.clone(),
         source,
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| Error::Bind { address, source })?;
-    Ok(listener)
+    };
+    let mut last_error = None;
+    for candidate in address.to_socket_addrs().map_err(bind_error)? {
+        match listen_on(candidate) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(bind_error(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the host resolved to no address",
+        )
+    })))
+}
+
+fn listen_on(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 impl Server {
@@ -449,5 +482,30 @@ mod tests {
         let server = start_for_tests();
         let finished = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
         assert!(finished.is_ok(), "shutdown hung");
+    }
+
+    /// Nobody accepts here, so every completed handshake waits in the listen queue: with
+    /// the standard library's backlog of 128 the later connects were dropped (the client
+    /// retries its SYN after a second), with ours all of them complete at once.
+    #[test]
+    fn the_listen_queue_holds_a_burst_of_connections() {
+        let config = ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            ..Default::default()
+        };
+        let listener = bind(&config).expect("bind a free port");
+        let address = listener.local_addr().expect("bound address");
+        // The kernel caps the backlog at net.core.somaxconn (4096 on current kernels).
+        let burst = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .map_or(400, |cap| cap.min(400));
+        let mut clients = Vec::new();
+        for attempt in 0..burst {
+            let client = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500))
+                .unwrap_or_else(|error| panic!("connection {attempt} not queued: {error}"));
+            clients.push(client);
+        }
     }
 }
