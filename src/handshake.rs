@@ -4,20 +4,27 @@
 //! plain-text HTTP error and the connection is closed, so a browser or curl pointed at the
 //! port sees why nothing happened.
 
+use std::borrow::Cow;
+
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::protocol::json_string;
+use crate::protocol::push_json_string;
 
 /// Upgrade requests larger than this are refused (431).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
-/// The parts of an upgrade request the server keeps.
+/// The parts of an upgrade request the server keeps. The headers are two allocations, not
+/// two per header: every connection makes one of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
     /// The request target as sent, path and query.
     pub url: String,
-    pub headers: Vec<(String, String)>,
+    /// Each header's name (lower case) and value, back to back, in the request's order.
+    header_text: String,
+    /// Per header, where its name ends and where its value ends in `header_text`; each
+    /// name starts where the previous value ended.
+    header_ends: Vec<(u32, u32)>,
 }
 
 /// An HTTP status with a short plain-text reason.
@@ -28,12 +35,25 @@ pub struct Rejection {
 }
 
 impl UpgradeRequest {
+    /// Every header as (lower-case name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.header_ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let header = (
+                &self.header_text[start..name_end],
+                &self.header_text[name_end..value_end],
+            );
+            start = value_end;
+            header
+        })
+    }
+
     /// The values of every header named `name` (lower case), in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(header, _)| header == name)
-            .map(|(_, value)| value.as_str())
+        self.headers()
+            .filter(move |(header, _)| *header == name)
+            .map(|(_, value)| value)
     }
 
     /// Whether the request may open a connection under an `allowedOrigins` list (lower
@@ -59,34 +79,36 @@ impl UpgradeRequest {
     /// url, headers }`, with repeated headers joined as HTTP allows (`; ` for cookies).
     pub fn to_json(&self, client_id: &str, remote_address: &str) -> String {
         // Written by hand: this runs for every connection, and a request has a dozen headers.
-        let mut merged: Vec<(&str, String)> = Vec::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            match merged.iter_mut().find(|(seen, _)| seen == name) {
+        // Only a repeated header needs a string of its own.
+        let mut merged: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(self.header_ends.len());
+        for (name, value) in self.headers() {
+            match merged.iter_mut().find(|(seen, _)| *seen == name) {
                 Some((_, joined)) => {
+                    let joined = joined.to_mut();
                     joined.push_str(if name == "cookie" { "; " } else { ", " });
                     joined.push_str(value);
                 }
-                None => merged.push((name, value.clone())),
+                None => merged.push((name, Cow::Borrowed(value))),
             }
         }
-        let mut out = String::with_capacity(128 + self.url.len() + 64 * merged.len());
-        out.push_str("{\"clientId\":");
-        out.push_str(&json_string(client_id));
-        out.push_str(",\"remoteAddress\":");
-        out.push_str(&json_string(remote_address));
-        out.push_str(",\"url\":");
-        out.push_str(&json_string(&self.url));
-        out.push_str(",\"headers\":{");
+        let mut out = Vec::with_capacity(64 + self.url.len() + self.header_text.len() * 5 / 4);
+        out.extend_from_slice(b"{\"clientId\":");
+        push_json_string(&mut out, client_id);
+        out.extend_from_slice(b",\"remoteAddress\":");
+        push_json_string(&mut out, remote_address);
+        out.extend_from_slice(b",\"url\":");
+        push_json_string(&mut out, &self.url);
+        out.extend_from_slice(b",\"headers\":{");
         for (i, (name, value)) in merged.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(&json_string(name));
-            out.push(':');
-            out.push_str(&json_string(value));
+            push_json_string(&mut out, name);
+            out.push(b':');
+            push_json_string(&mut out, value);
         }
-        out.push_str("}}");
-        out
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out).expect("JSON written from strings is UTF-8")
     }
 }
 
@@ -168,18 +190,26 @@ pub fn decide(buf: &[u8], path: &str) -> Result<Option<(Decision, usize)>, Rejec
         return reject(400, "Bad Request");
     };
     let accept_key = derive_accept_key(key.as_bytes());
-    let request = UpgradeRequest {
-        url: url.to_string(),
-        headers: request
+    let mut header_text = String::with_capacity(
+        request
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
+            .map(|h| h.name.len() + h.value.len())
+            .sum(),
+    );
+    let mut header_ends = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        // httparse accepts only token characters (ASCII) in names.
+        header_text.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+        let name_end = header_text.len() as u32;
+        header_text.push_str(&String::from_utf8_lossy(h.value));
+        // Below MAX_REQUEST_BYTES, so the positions fit.
+        header_ends.push((name_end, header_text.len() as u32));
+    }
+    let request = UpgradeRequest {
+        url: url.to_string(),
+        header_text,
+        header_ends,
     };
     Ok(Some((
         Decision::Accept {
@@ -278,8 +308,12 @@ mod tests {
         assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(request.url, "/ws?token=1");
         assert!(request
-            .headers
-            .contains(&("origin".to_string(), "http://a".to_string())));
+            .headers()
+            .any(|header| header == ("origin", "http://a")));
+        assert_eq!(
+            request.header_values("upgrade").collect::<Vec<_>>(),
+            ["websocket"]
+        );
     }
 
     #[test]
