@@ -234,6 +234,9 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
         // frees the garbage of the connection burst within about a second (Bun's RSS falls by
         // 10-20% in that time, the TypeScript helper's and this package's alike).
         setTimeout(() => {
+          if (generator.exitCode !== null) {
+            return; // it failed meanwhile; the exit handler reports it
+          }
           marks.idleRss = rssBytes(pid);
           marks.idleAnonRss = anonRssBytes(pid);
           generator.stdin.write('go\n');

@@ -125,6 +125,8 @@ fn listen_on(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
+    // As std does: on Windows SO_REUSEADDR would let a second process take the port.
+    #[cfg(not(windows))]
     socket.set_reuse_address(true)?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -488,6 +490,7 @@ mod tests {
     /// the standard library's backlog of 128 the later connects were dropped (the client
     /// retries its SYN after a second), with ours all of them complete at once.
     #[test]
+    #[cfg(target_os = "linux")]
     fn the_listen_queue_holds_a_burst_of_connections() {
         let config = ServerConfig {
             host: "127.0.0.1".into(),
