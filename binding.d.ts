@@ -127,6 +127,9 @@ export interface NativeServerOptions {
  */
 export declare function publish(server: ExternalObject<'NativeServerHandle'>, channel: string, envelope: string): void
 
+/** `sendToClient(handle, clientId, message)`, for lib/server.js to take once at load. */
+export declare function rawSendToClient(): (handle: ExternalObject<'NativeServerHandle'>, clientId: string, message: string) => void
+
 /**
  * A Redis server (`url`) or the seed nodes of a cluster (`nodes`), as `redis://` or
  * `rediss://` URLs, and TLS settings (lib/redis-connection.js reads them from a RedisHelper,
@@ -149,14 +152,13 @@ export interface RedisTlsOptions {
   rejectUnauthorized: boolean
 }
 
-/**
- * `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
- * Sends are performed in the order they were issued (see `sender.rs`).
- */
-export declare function sendToClient(server: ExternalObject<'NativeServerHandle'>, clientId: string, message: string): void
-
 export declare function sendToRoom(server: ExternalObject<'NativeServerHandle'>, room: string, message: string, exclude?: Array<string> | undefined | null): void
 
+/**
+ * The sends' `message` is the complete JSON text, as produced by
+ * `JSON.stringify({ event, data })`; they are performed in the order they were issued (see
+ * `sender.rs`). `sendToClient`, the one a reply makes, is in `raw_calls.rs`.
+ */
 export declare function sendToUser(server: ExternalObject<'NativeServerHandle'>, userId: string, message: string): void
 
 /** What `outboundTransformer` produced for an encrypted client: sent as it is. */

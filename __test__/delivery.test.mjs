@@ -1,5 +1,10 @@
+import { createRequire } from 'node:module';
+
 import { after, assert, before, describe, it } from './support/framework.mjs';
 import { TestClient, authenticatedClient, sleep, startServer, waitUntil } from './support/helpers.mjs';
+
+const require = createRequire(import.meta.url);
+const binding = require('../binding.js');
 
 describe('local delivery and accessors', () => {
   let server;
@@ -32,9 +37,26 @@ describe('local delivery and accessors', () => {
     server.sendToClient({ clientId: bob.id, event: 'no-data' });
     assert.deepEqual(await bob.next('no-data'), { event: 'no-data' });
     server.sendToClient({ clientId: 'unknown', event: 'x', data: 1 });
+    // Not a string: names no client, as in the TypeScript helper (no throw).
+    server.sendToClient({ clientId: 42, event: 'x', data: 1 });
+    server.sendToClient({ event: 'x', data: 1 });
+    // An id longer than the stack buffer the native call reads ids into.
+    server.sendToClient({ clientId: 'é'.repeat(100), event: 'x', data: 1 });
     for (const client of everyone()) {
       assert.ok(await client.nothing(m => m.event === 'x', 50));
     }
+  });
+
+  it("the native sendToClient answers misuse with a TypeError, and still sends after it", async () => {
+    const sendToClient = binding.rawSendToClient();
+    const text = JSON.stringify({ event: 'raw', data: 'é😀' });
+    assert.throws(() => sendToClient(), TypeError);
+    assert.throws(() => sendToClient({}, bob.id, text), TypeError);
+    assert.throws(() => sendToClient(server.handle, 7, text), TypeError);
+    assert.throws(() => sendToClient(server.handle, bob.id, { event: 'raw' }), TypeError);
+    sendToClient(server.handle, bob.id, text);
+    assert.equal(await bob.next('raw').then(m => m.data), 'é😀');
+    assert.equal(bob.texts.at(-1), text);
   });
 
   it('sendToUser reaches every session of the user', async () => {

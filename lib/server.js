@@ -10,9 +10,12 @@ const { randomUUID } = require('node:crypto');
 const binding = require('../binding.js');
 
 const { NativeServer } = binding;
+// sendToClient, once per reply, as a plain Node-API function (src/js/raw_calls.rs).
+const sendToClientNow = binding.rawSendToClient();
 const { WebSocketChannels, WebSocketMessageTypes } = require('./constants');
 const { CallbackDispatcher } = require('./dispatch');
 const { createLogger } = require('./logger');
+const { eventMessageText } = require('./message-text');
 const { STANDALONE, parseServerOptions } = require('./options');
 const { parseRedisConnection } = require('./redis-connection');
 const { OutboundTransforms } = require('./transforms');
@@ -172,8 +175,9 @@ class WebSocketServerHelper {
   }
 
   sendToClient({ clientId, event, data, doLog }) {
-    if (this.handle) {
-      binding.sendToClient(this.handle, clientId, JSON.stringify({ event, data }));
+    // Anything but a string names no client, as in the TypeScript helper.
+    if (this.handle && typeof clientId === 'string') {
+      sendToClientNow(this.handle, clientId, eventMessageText(event, data));
     }
     if (doLog) {
       this.logger.info(`Message sent | id: ${clientId} | event: ${event} | data: ${JSON.stringify(data)}`);
@@ -182,19 +186,19 @@ class WebSocketServerHelper {
 
   sendToUser({ userId, event, data }) {
     if (this.handle) {
-      binding.sendToUser(this.handle, String(userId), JSON.stringify({ event, data }));
+      binding.sendToUser(this.handle, String(userId), eventMessageText(event, data));
     }
   }
 
   sendToRoom({ room, event, data, exclude }) {
     if (this.handle) {
-      binding.sendToRoom(this.handle, room, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+      binding.sendToRoom(this.handle, room, eventMessageText(event, data), exclude?.length ? exclude : undefined);
     }
   }
 
   broadcast({ event, data, exclude }) {
     if (this.handle) {
-      binding.broadcast(this.handle, JSON.stringify({ event, data }), exclude?.length ? exclude : undefined);
+      binding.broadcast(this.handle, eventMessageText(event, data), exclude?.length ? exclude : undefined);
     }
   }
 

@@ -251,8 +251,15 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
 /// `first_byte`: FIN, RSV bits and opcode.
 fn encode(first_byte: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_header(&mut out, first_byte, payload.len());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A server frame's header (unmasked) for a payload of `len` bytes.
+fn put_header(out: &mut BytesMut, first_byte: u8, len: usize) {
     out.put_u8(first_byte);
-    match payload.len() {
+    match len {
         len if len < 126 => out.put_u8(len as u8),
         len if len <= 0xFFFF => {
             out.put_u8(126);
@@ -263,8 +270,6 @@ fn encode(first_byte: u8, payload: &[u8]) -> Bytes {
             out.put_u64(len as u64);
         }
     }
-    out.put_slice(payload);
-    out.freeze()
 }
 
 pub fn text_frame(text: &str) -> Bytes {
@@ -286,6 +291,27 @@ impl OutboundText {
             plain: text_frame(text),
             compressed: OnceLock::new(),
         }
+    }
+
+    /// A message of `len` bytes of text that `fill` writes straight into the frame, for text
+    /// held elsewhere (a JS string) that would otherwise be copied out first. `fill` gets
+    /// the payload's place plus `spare` bytes after it, which are cut off (Node-API ends its
+    /// string copies with a NUL it needs room for), and returns how many bytes it wrote.
+    /// `None` if that is not `len`, or the bytes are not UTF-8.
+    pub fn filled(len: usize, spare: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> Option<Self> {
+        let mut frame = BytesMut::with_capacity(10 + len + spare);
+        put_header(&mut frame, 0x80 | OP_TEXT, len);
+        let header = frame.len();
+        frame.resize(header + len + spare, 0);
+        if fill(&mut frame[header..]) != len {
+            return None;
+        }
+        frame.truncate(header + len);
+        std::str::from_utf8(&frame[header..]).ok()?;
+        Some(OutboundText {
+            plain: frame.freeze(),
+            compressed: OnceLock::new(),
+        })
     }
 
     /// The message text.
@@ -519,6 +545,33 @@ mod tests {
         let short = OutboundText::new("{\"event\":\"x\"}");
         assert_eq!(short.frame(true)[0], 0x81);
         assert_eq!(short.text(), "{\"event\":\"x\"}");
+    }
+
+    #[test]
+    fn a_filled_message_is_the_frame_of_its_text() {
+        for text in [
+            "",
+            "{\"event\":\"é\"}",
+            &"x".repeat(300),
+            &"y".repeat(70_000),
+        ] {
+            let filled = OutboundText::filled(text.len(), 1, |place| {
+                assert_eq!(place.len(), text.len() + 1);
+                place[..text.len()].copy_from_slice(text.as_bytes());
+                place[text.len()] = 0;
+                text.len()
+            })
+            .expect("the text fits");
+            assert_eq!(filled.frame(false), &text_frame(text));
+            assert_eq!(filled.text(), text);
+        }
+        // A writer that reports another length, or writes what is not UTF-8, gives nothing.
+        assert!(OutboundText::filled(4, 0, |_| 3).is_none());
+        assert!(OutboundText::filled(2, 0, |place| {
+            place.copy_from_slice(&[0xC3, 0x28]);
+            2
+        })
+        .is_none());
     }
 
     #[test]

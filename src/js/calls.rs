@@ -39,23 +39,9 @@ pub fn settle(
     server.settle(token as u64, outcome)
 }
 
-/// `message` is the complete JSON text, as produced by `JSON.stringify({ event, data })`.
-/// Sends are performed in the order they were issued (see `sender.rs`).
-#[napi]
-pub fn send_to_client(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
-    client_id: String,
-    message: String,
-) {
-    deliver(
-        server,
-        Delivery::Client {
-            client_id,
-            message: OutboundText::new(&message),
-        },
-    );
-}
-
+/// The sends' `message` is the complete JSON text, as produced by
+/// `JSON.stringify({ event, data })`; they are performed in the order they were issued (see
+/// `sender.rs`). `sendToClient`, the one a reply makes, is in `raw_calls.rs`.
 #[napi]
 pub fn send_to_user(
     #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,

@@ -4,6 +4,7 @@
 mod bridge;
 mod calls;
 mod emitter;
+mod raw_calls;
 mod runtime;
 mod server;
 
