@@ -58,6 +58,42 @@ describe('message routing', () => {
     client.close();
   });
 
+  it("names each message's own sender while connections come, go and are replaced", async () => {
+    const handled = [];
+    let release;
+    const held = new Promise(resolve => (release = resolve));
+    const server = await start({
+      messageHandler: ({ clientId, userId, message }) => {
+        handled.push({ clientId, userId, n: message.data });
+        // The first message's handler stays pending past its client's disconnect.
+        return message.data === 0 ? held : undefined;
+      },
+    });
+    const senders = new Map();
+    let n = 0;
+    for (let round = 0; round < 4; round++) {
+      const clients = [];
+      for (let i = 0; i < 3; i++) {
+        clients.push(await authenticatedClient(server, { token: 't', userId: `user-${round}-${i}` }));
+      }
+      for (const client of clients) {
+        senders.set(n, client.id);
+        client.send({ event: 'm', data: n++ });
+      }
+      await waitUntil(() => handled.length === n);
+      // Gone before the next round connects, so the next round's connections reuse what
+      // these had (the first one's message is still in its handler).
+      await Promise.all(clients.map(client => client.close()));
+      await waitUntil(() => server.getClients().size === 0);
+    }
+    release();
+    for (const { clientId, userId, n: number } of handled) {
+      assert.equal(clientId, senders.get(number), `message ${number}`);
+      assert.equal(userId, `user-${Math.floor(number / 3)}-${number % 3}`, `message ${number}`);
+    }
+    assert.equal(handled.length, 12);
+  });
+
   it('handles the messages of one connection in arrival order, even with async handlers', async () => {
     const order = [];
     const server = await start({

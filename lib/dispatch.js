@@ -9,6 +9,9 @@
 // messageHandler Promise of a connection is pending (at most callbackTimeout), that
 // connection's later messages wait in a queue. The answer marks such messages DEFERRED and
 // `settle` reports each when done, which lets Rust read more from that connection.
+// Consecutive messages come as one row of columns, `[MESSAGE, tokens, slots, messages]`; a
+// slot is a small number Rust gave the sending connection, told once by a MESSAGE_SENDER
+// row with the client's ids (cheaper for V8 than two id strings per message).
 
 // Kinds, as src/dispatch.rs writes them.
 const AUTHENTICATE = 1;
@@ -22,6 +25,7 @@ const REDIS_STATUS = 8;
 const HANDSHAKE = 9;
 const TRANSFORM = 10;
 const VERIFY_UPGRADE = 11;
+const MESSAGE_SENDER = 12;
 
 // Answer row states, as src/dispatch.rs reads them.
 const RESOLVED = 0;
@@ -106,6 +110,8 @@ class CallbackDispatcher {
      * until Rust confirms the client (CLIENT_CONNECTED) or discards it (DISCARD).
      */
     this.pendingAuth = new Map();
+    /** Message slot -> `{ clientId, userId }` of the connection that sends with it. */
+    this.senders = [];
     /** (token, failed, valueText) => boolean: hands Rust a late outcome; set by `attach`. */
     this.settle = () => false;
     this.dispatch = this.dispatch.bind(this);
@@ -186,23 +192,30 @@ class CallbackDispatcher {
         this.run(token, answers, () => callbacks.clientConnectedFn({ clientId, userId: userId ?? undefined, metadata }), () => null);
         return;
       }
+      case MESSAGE_SENDER: {
+        const [, , slot, clientId, userId] = call;
+        this.senders[slot] = { clientId, userId: userId ?? undefined };
+        return;
+      }
       case MESSAGE: {
-        const [, , clientId, userId, message] = call;
-        // Most applications' handlers are synchronous: then nothing is ever held, and the
-        // lookup (hashing a fresh 36-character id) is skipped.
-        const held = this.heldMessages.size === 0 ? undefined : this.heldMessages.get(clientId);
-        if (held) {
-          held.push([token, userId, message]);
-          answers.push([token, DEFERRED, 0]);
-        } else if (this.runMessage(token, clientId, userId, message)) {
-          this.heldMessages.set(clientId, []);
-          answers.push([token, DEFERRED, 0]);
+        const [, tokens, slots, messages] = call;
+        for (let i = 0; i < tokens.length; i++) {
+          const sender = this.senders[slots[i]];
+          if (sender === undefined) {
+            this.logger.error(`Message from an unknown slot ${slots[i]} dropped`);
+          } else {
+            this.message(tokens[i], sender.clientId, sender.userId, messages[i], answers);
+          }
         }
         return;
       }
       case CLIENT_DISCONNECTED: {
-        const [, , clientId, userId] = call;
+        const [, , clientId, userId, slot] = call;
         this.metadata.delete(clientId);
+        // Only if still this client's: Rust may already have given the slot to another.
+        if (slot !== null && this.senders[slot]?.clientId === clientId) {
+          this.senders[slot] = undefined;
+        }
         this.notifyDisconnected(clientId, userId ?? undefined);
         return;
       }
@@ -243,6 +256,19 @@ class CallbackDispatcher {
       }
       default:
         this.logger.error(`Unknown callback kind ${kind}`);
+    }
+  }
+
+  message(token, clientId, userId, message, answers) {
+    // Most applications' handlers are synchronous: then nothing is ever held, and the
+    // lookup (hashing a 36-character id) is skipped.
+    const held = this.heldMessages.size === 0 ? undefined : this.heldMessages.get(clientId);
+    if (held) {
+      held.push([token, userId, message]);
+      answers.push([token, DEFERRED, 0]);
+    } else if (this.runMessage(token, clientId, userId, message)) {
+      this.heldMessages.set(clientId, []);
+      answers.push([token, DEFERRED, 0]);
     }
   }
 

@@ -130,6 +130,8 @@ pub(crate) async fn run(core: Arc<Core>, accepted: Box<Accepted>, _alive: Connec
         request: Some(upgrade.request_json),
     };
     session.read_loop(&mut reader).await;
+    // Held until JS has been told of the disconnect: its slot is not reused before.
+    let message_flow = session.message_flow.take();
     drop(session);
 
     // A writer still running ends by itself after writing a queued close frame; otherwise
@@ -157,8 +159,10 @@ pub(crate) async fn run(core: Arc<Core>, accepted: Box<Accepted>, _alive: Connec
         core.dispatcher.notify(JsNotice::ClientDisconnected {
             client_id: id,
             user_id: user,
+            slot: message_flow.as_ref().map(|flow| flow.slot()),
         });
     }
+    drop(message_flow);
 }
 
 async fn wait_for_writer(mut writer_task: tokio::task::JoinHandle<()>) {
@@ -675,18 +679,19 @@ impl Session {
         }
         self.handle.touch(now_ms());
         match message {
-            DataMessage::Text(text) => self.route(&text).await,
+            DataMessage::Text(text) => self.route(text).await,
             // Binary frames are read as UTF-8 JSON text, as the TypeScript helper does.
             DataMessage::Binary(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => self.route(&text).await,
+                Ok(text) => self.route(text).await,
                 Err(_) => self.send_error(protocol::ERR_INVALID_FORMAT),
             },
         }
         Flow::Continue
     }
 
-    async fn route(&mut self, text: &str) {
-        let inbound = match protocol::parse_inbound(text) {
+    /// Owns the text so a custom message moves on to JS without a copy.
+    async fn route(&mut self, text: String) {
+        let inbound = match protocol::parse_inbound(&text) {
             Ok(inbound) => inbound,
             Err(InboundError::InvalidFormat) => {
                 return self.send_error(protocol::ERR_INVALID_FORMAT)
@@ -721,7 +726,10 @@ impl Session {
                     self.leave(request)
                 }
             }
-            Inbound::Custom { .. } => self.custom(text).await,
+            Inbound::Custom { .. } => {
+                drop(inbound);
+                self.custom(text).await
+            }
         }
     }
 
@@ -1070,21 +1078,22 @@ impl Session {
         );
     }
 
-    async fn custom(&mut self, text: &str) {
-        let id = self.handle.id.clone();
+    async fn custom(&mut self, text: String) {
         if !self.core.config.has_message_handler {
             return self.core.log(
                 LogLevel::Debug,
-                format_args!("No messageHandler for extra event | id: {id}"),
+                format_args!("No messageHandler for extra event | id: {}", self.id()),
             );
         }
         if !self.wait_for_messages(MessageFlow::has_credit).await {
             return;
         }
-        let flow = self.message_flow.get_or_insert_with(Default::default);
-        self.core
-            .dispatcher
-            .message(flow, &id, self.user_id.as_deref(), text);
+        let (dispatcher, id) = (&self.core.dispatcher, &self.handle.id);
+        let user_id = self.user_id.as_deref();
+        let flow = self
+            .message_flow
+            .get_or_insert_with(|| dispatcher.message_flow(id, user_id));
+        dispatcher.message(flow, text);
     }
 }
 

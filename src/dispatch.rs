@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::protocol::{json_string, push_json_string};
+use crate::protocol::json_string;
 
 /// The JS side of the bridge. `deliver` runs the batch on the JS thread and hands JS's
 /// answer (the JSON text of the synchronous outcomes) to the batch's [`BatchInJs`] there,
@@ -81,6 +81,8 @@ pub enum JsNotice<'a> {
     ClientDisconnected {
         client_id: &'a str,
         user_id: Option<&'a str>,
+        /// The connection's message slot, if it sent messages: JS forgets it.
+        slot: Option<u32>,
     },
     /// JS may drop what it kept for this token (an accepted authentication's metadata).
     Discard {
@@ -146,6 +148,7 @@ mod kind {
     pub const HANDSHAKE: u8 = 9;
     pub const TRANSFORM: u8 = 10;
     pub const VERIFY_UPGRADE: u8 = 11;
+    pub const MESSAGE_SENDER: u8 = 12;
 }
 
 fn opt_string(value: Option<&str>) -> String {
@@ -203,31 +206,70 @@ fn encode_call(token: u64, call: &JsCall<'_>) -> String {
     }
 }
 
-/// One per custom message, so written into a single allocation.
-fn encode_message(token: u64, client_id: &str, user_id: Option<&str>, message: &str) -> String {
-    use std::io::Write;
-    let user_len = user_id.map_or(4, str::len);
-    let mut row = Vec::with_capacity(message.len() + client_id.len() + user_len + 40);
-    write!(row, "[{},{token},", kind::MESSAGE).expect("writing to a Vec cannot fail");
-    push_json_string(&mut row, client_id);
-    row.push(b',');
-    match user_id {
-        Some(user_id) => push_json_string(&mut row, user_id),
-        None => row.extend_from_slice(b"null"),
+/// `[12,0,slot,clientId,userId]`: the ids behind a message slot, once per connection that
+/// sends messages.
+fn encode_message_sender(slot: u32, client_id: &str, user_id: Option<&str>) -> String {
+    format!(
+        "[{},0,{slot},{},{}]",
+        kind::MESSAGE_SENDER,
+        json_string(client_id),
+        opt_string(user_id)
+    )
+}
+
+/// A message on its way to `messageHandler`.
+struct QueuedMessage {
+    token: u64,
+    slot: u32,
+    /// The message's JSON text, as the client sent it.
+    text: String,
+}
+
+/// Appends consecutive messages (if any) to the batch as one row of columns,
+/// `[4,[tokens],[slots],[messages]]`, and empties `group`: V8 parses three arrays faster
+/// than an array per message (benchmark/README.md), and JS still runs them in order.
+fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
+    use std::fmt::Write;
+    if group.is_empty() {
+        return;
     }
-    row.push(b',');
-    row.extend_from_slice(message.as_bytes());
-    row.push(b']');
-    String::from_utf8(row).expect("built from str values")
+    batch.push(if batch.is_empty() { '[' } else { ',' });
+    let comma = |batch: &mut String, index: usize| {
+        if index > 0 {
+            batch.push(',');
+        }
+    };
+    let _ = write!(batch, "[{},[", kind::MESSAGE);
+    for (index, message) in group.iter().enumerate() {
+        comma(batch, index);
+        let _ = write!(batch, "{}", message.token);
+    }
+    batch.push_str("],[");
+    for (index, message) in group.iter().enumerate() {
+        comma(batch, index);
+        let _ = write!(batch, "{}", message.slot);
+    }
+    batch.push_str("],[");
+    for (index, message) in group.iter().enumerate() {
+        comma(batch, index);
+        batch.push_str(&message.text);
+    }
+    batch.push_str("]]");
+    group.clear();
 }
 
 fn encode_notice(notice: &JsNotice<'_>) -> String {
     match notice {
-        JsNotice::ClientDisconnected { client_id, user_id } => format!(
-            "[{},0,{},{}]",
+        JsNotice::ClientDisconnected {
+            client_id,
+            user_id,
+            slot,
+        } => format!(
+            "[{},0,{},{},{}]",
             kind::CLIENT_DISCONNECTED,
             json_string(client_id),
-            opt_string(*user_id)
+            opt_string(*user_id),
+            slot.map_or_else(|| "null".to_string(), |slot| slot.to_string())
         ),
         JsNotice::Discard { token } => format!("[{},0,{token}]", kind::DISCARD),
         JsNotice::Transform { message, clients } => {
@@ -298,10 +340,49 @@ pub fn parse_answer(text: &str) -> Result<BatchAnswer, serde_json::Error> {
 
 /// How much of one connection's input sits with JS: messages handed over and not yet
 /// handled. The connection's reader stops reading while it is over [`MESSAGE_CREDIT`].
-#[derive(Default)]
+/// Created at the connection's first message ([`Dispatcher::message_flow`]); it holds the
+/// connection's message slot until the last of its messages is done.
 pub struct MessageFlow {
     in_js_bytes: AtomicUsize,
     released: Notify,
+    slot: u32,
+    slots: Arc<SlotPool>,
+}
+
+impl Drop for MessageFlow {
+    fn drop(&mut self) {
+        self.slots.release(self.slot);
+    }
+}
+
+/// Small numbers for the connections that send messages. JS maps each to the client's ids
+/// (told once, by a `MESSAGE_SENDER` row), so a message row carries a number instead of two
+/// 36-character strings that V8 would parse and allocate per message. A number is reused
+/// only once JS is done with its connection's messages and has been told of the disconnect
+/// (the connection holds its flow until then), so the rows about a slot reach JS in order:
+/// its ids, its messages, the disconnect, the next holder's ids.
+#[derive(Default)]
+struct SlotPool {
+    /// Released numbers, and the next never used.
+    free: Mutex<(Vec<u32>, u32)>,
+}
+
+impl SlotPool {
+    fn take(&self) -> u32 {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.0.pop() {
+            Some(slot) => slot,
+            None => {
+                free.1 += 1;
+                free.1 - 1
+            }
+        }
+    }
+
+    fn release(&self, slot: u32) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.0.push(slot);
+    }
 }
 
 /// Bytes of messages one connection may have handed to JS and not yet seen handled. At
@@ -311,6 +392,11 @@ pub const MESSAGE_CREDIT: usize = 1 << 20;
 const MESSAGE_OVERHEAD: usize = 256;
 
 impl MessageFlow {
+    /// The number JS knows this connection by in message rows.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
     fn cost(message: &str) -> usize {
         message.len() + MESSAGE_OVERHEAD
     }
@@ -355,10 +441,7 @@ impl MessageInJs {
 
 enum Item {
     Encoded(String),
-    Message {
-        token: u64,
-        encoded: String,
-    },
+    Message(QueuedMessage),
     Log(String),
     Flush(oneshot::Sender<()>),
     /// Ends the runner, which releases the bridge (and with it the JS function).
@@ -381,6 +464,7 @@ pub struct Dispatcher {
     /// Messages queued for or sitting with JS, by token. Registered before JS sees them, so
     /// a handler that settles before the batch's answer is read still finds its entry.
     messages: Mutex<HashMap<u64, MessageInJs>>,
+    slots: Arc<SlotPool>,
     next_token: AtomicU64,
     queued_logs: AtomicUsize,
     dropped_logs: AtomicU64,
@@ -424,6 +508,7 @@ impl Dispatcher {
             queue,
             pending: Mutex::new(HashMap::new()),
             messages: Mutex::new(HashMap::new()),
+            slots: Arc::default(),
             next_token: AtomicU64::new(1),
             queued_logs: AtomicUsize::new(0),
             dropped_logs: AtomicU64::new(0),
@@ -463,17 +548,26 @@ impl Dispatcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The flow of a connection's messages, made at its first message: takes a slot and
+    /// tells JS whose it is (an authenticated client's ids do not change).
+    pub fn message_flow(&self, client_id: &str, user_id: Option<&str>) -> Arc<MessageFlow> {
+        let slot = self.slots.take();
+        let _ = self.queue.send(Item::Encoded(encode_message_sender(
+            slot, client_id, user_id,
+        )));
+        Arc::new(MessageFlow {
+            in_js_bytes: AtomicUsize::new(0),
+            released: Notify::new(),
+            slot,
+            slots: self.slots.clone(),
+        })
+    }
+
     /// Hands a custom message to `messageHandler`. Nobody waits for it; `flow` is charged
     /// until JS is done with it (callers check [`MessageFlow::has_credit`] first).
-    pub fn message(
-        &self,
-        flow: &Arc<MessageFlow>,
-        client_id: &str,
-        user_id: Option<&str>,
-        message: &str,
-    ) {
+    pub fn message(&self, flow: &Arc<MessageFlow>, message: String) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let cost = MessageFlow::cost(message);
+        let cost = MessageFlow::cost(&message);
         flow.take(cost);
         self.messages().insert(
             token,
@@ -482,8 +576,12 @@ impl Dispatcher {
                 cost,
             },
         );
-        let encoded = encode_message(token, client_id, user_id, message);
-        if self.queue.send(Item::Message { token, encoded }).is_err() {
+        let message = QueuedMessage {
+            token,
+            slot: flow.slot,
+            text: message,
+        };
+        if self.queue.send(Item::Message(message)).is_err() {
             self.finish_message(token);
         }
     }
@@ -550,6 +648,7 @@ impl Dispatcher {
         bridge: Arc<dyn JsBridge>,
     ) {
         let mut items = Vec::with_capacity(64);
+        let mut group = Vec::with_capacity(64);
         let mut stopped = false;
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !stopped && receiver.recv_many(&mut items, 1).await > 0 {
@@ -568,12 +667,16 @@ impl Dispatcher {
             let mut messages = Vec::new();
             let mut logs = 0;
             for item in items.drain(..) {
+                if !matches!(item, Item::Message(_)) {
+                    push_message_group(&mut batch, &mut group);
+                }
                 let encoded = match item {
-                    Item::Encoded(text) => text,
-                    Item::Message { token, encoded } => {
-                        messages.push(token);
-                        encoded
+                    Item::Message(message) => {
+                        messages.push(message.token);
+                        group.push(message);
+                        continue;
                     }
+                    Item::Encoded(text) => text,
                     Item::Log(text) => {
                         logs += 1;
                         text
@@ -590,6 +693,7 @@ impl Dispatcher {
                 batch.push(if batch.is_empty() { '[' } else { ',' });
                 batch.push_str(&encoded);
             }
+            push_message_group(&mut batch, &mut group);
             self.queued_logs.fetch_sub(logs, Ordering::Relaxed);
             let dropped = self.dropped_logs.swap(0, Ordering::Relaxed);
             if dropped > 0 {
@@ -715,11 +819,18 @@ mod tests {
             self.batches.lock().unwrap().push(batch);
             let answers: Vec<String> = rows
                 .iter()
-                .filter_map(|row| match row[0].as_u64() {
-                    Some(4) if row[4]["event"] == "defer" => Some(format!("[{},2,0]", row[1])),
-                    Some(4) => None,
-                    _ if row[1].as_u64() == Some(0) => None,
-                    _ => Some(format!("[{},0,{}]", row[1], row[1])),
+                .flat_map(|row| match row[0].as_u64() {
+                    // [4, [tokens], [slots], [messages]]
+                    Some(4) => row[1]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .zip(row[3].as_array().unwrap())
+                        .filter(|(_, message)| message["event"] == "defer")
+                        .map(|(token, _)| format!("[{token},2,0]"))
+                        .collect(),
+                    _ if row[1].as_u64() == Some(0) => vec![],
+                    _ => vec![format!("[{},0,{}]", row[1], row[1])],
                 })
                 .collect();
             // Answered from another thread, as the JS thread does.
@@ -739,11 +850,34 @@ mod tests {
             },
         );
         assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
-        let row = encode_message(8, "c", Some("u"), r#"{"event":"x"}"#);
-        assert_eq!(row, r#"[4,8,"c","u",{"event":"x"}]"#);
-        let row = encode_message(9, "c\n", Some("\"é"), "1");
-        assert_eq!(row, r#"[4,9,"c\n","\"é",1]"#);
-        assert_eq!(encode_message(10, "c", None, "1"), r#"[4,10,"c",null,1]"#);
+        let row = encode_message_sender(3, "c\n", Some("\"é"));
+        assert_eq!(row, r#"[12,0,3,"c\n","\"é"]"#);
+        assert_eq!(encode_message_sender(0, "c", None), r#"[12,0,0,"c",null]"#);
+        let mut batch = String::new();
+        let message = |token, slot, text: &str| QueuedMessage {
+            token,
+            slot,
+            text: text.to_string(),
+        };
+        push_message_group(&mut batch, &mut Vec::new());
+        assert_eq!(batch, "", "no messages, no row");
+        let mut group = vec![message(8, 0, r#"{"event":"x"}"#), message(9, 2, "1")];
+        push_message_group(&mut batch, &mut group);
+        assert_eq!(batch, r#"[[4,[8,9],[0,2],[{"event":"x"},1]]"#);
+        assert!(group.is_empty());
+        push_message_group(&mut batch, &mut vec![message(10, 1, "2")]);
+        assert_eq!(
+            batch,
+            r#"[[4,[8,9],[0,2],[{"event":"x"},1]],[4,[10],[1],[2]]"#
+        );
+        assert_eq!(
+            encode_notice(&JsNotice::ClientDisconnected {
+                client_id: "c",
+                user_id: None,
+                slot: Some(4)
+            }),
+            r#"[5,0,"c",null,4]"#
+        );
         let clients: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
         assert_eq!(
             encode_notice(&JsNotice::Transform {
@@ -811,8 +945,8 @@ mod tests {
             batches: Mutex::new(Vec::new()),
         });
         let dispatcher = Dispatcher::start(bridge.clone());
-        let flow = Arc::new(MessageFlow::default());
-        dispatcher.message(&flow, "c", None, r#"{"event":"now"}"#);
+        let flow = dispatcher.message_flow("c", None);
+        dispatcher.message(&flow, r#"{"event":"now"}"#.to_string());
         assert!(!flow.is_idle(), "charged while queued");
         dispatcher.flush().await;
         assert!(
@@ -824,18 +958,57 @@ mod tests {
             r#"{{"event":"defer","data":"{}"}}"#,
             "x".repeat(MESSAGE_CREDIT)
         );
-        dispatcher.message(&flow, "c", Some("u"), &big);
+        dispatcher.message(&flow, big);
         dispatcher.flush().await;
         assert!(!flow.has_credit(), "a deferred message stays charged");
         let batches = bridge.batches.lock().unwrap().clone();
         let rows: Vec<Vec<Value>> = serde_json::from_str(batches.last().unwrap()).unwrap();
-        let token = rows[0][1].as_u64().unwrap();
+        let token = rows[0][1][0].as_u64().unwrap();
         assert!(dispatcher.settle(token, Ok(Value::Null)));
         tokio::time::timeout(Duration::from_secs(1), flow.released())
             .await
             .expect("the reader is woken");
         assert!(flow.is_idle());
         assert!(!dispatcher.settle(token, Ok(Value::Null)), "settled once");
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_named_before_its_messages_and_reused_once_they_are_done() {
+        let bridge = Arc::new(EchoBridge {
+            batches: Mutex::new(Vec::new()),
+        });
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let first = dispatcher.message_flow("a", Some("u"));
+        let second = dispatcher.message_flow("b", None);
+        let (first_slot, second_slot) = (first.slot(), second.slot());
+        assert_ne!(first_slot, second_slot);
+        dispatcher.message(&first, r#"{"event":"defer"}"#.to_string());
+        dispatcher.message(&second, r#"{"event":"now"}"#.to_string());
+        dispatcher.flush().await;
+        let sent = bridge.batches.lock().unwrap().concat();
+        let named = sent.find(&format!(r#"[12,0,{first_slot},"a","u"]"#));
+        let group = sent.find(&format!(
+            r#"[{first_slot},{second_slot}],[{{"event":"defer"}},{{"event":"now"}}]]"#
+        ));
+        assert!(named.is_some() && named < group, "{sent}");
+
+        drop(second);
+        let third = dispatcher.message_flow("c", None);
+        assert_eq!(third.slot(), second_slot, "done with, the slot is free");
+        drop(first);
+        let fourth = dispatcher.message_flow("d", None);
+        assert_ne!(
+            fourth.slot(),
+            first_slot,
+            "a deferred message still holds it"
+        );
+        let rows: Vec<Vec<Value>> =
+            serde_json::from_str(&bridge.batches.lock().unwrap()[0]).unwrap();
+        let deferred = rows.iter().find(|row| row[0] == 4).unwrap()[1][0]
+            .as_u64()
+            .unwrap();
+        assert!(dispatcher.settle(deferred, Ok(Value::Null)));
+        assert_eq!(dispatcher.message_flow("e", None).slot(), first_slot);
     }
 
     /// JS shutting down drops queued batches unrun: their messages must not stay charged.
@@ -848,8 +1021,8 @@ mod tests {
             }
         }
         let dispatcher = Dispatcher::start(Arc::new(DroppingBridge));
-        let flow = Arc::new(MessageFlow::default());
-        dispatcher.message(&flow, "c", None, r#"{"event":"now"}"#);
+        let flow = dispatcher.message_flow("c", None);
+        dispatcher.message(&flow, r#"{"event":"now"}"#.to_string());
         tokio::time::timeout(Duration::from_secs(1), dispatcher.flush())
             .await
             .expect("the batch's permit came back");
@@ -862,8 +1035,8 @@ mod tests {
             batches: Mutex::new(Vec::new()),
         });
         let dispatcher = Dispatcher::start(bridge.clone());
-        let flow = Arc::new(MessageFlow::default());
-        dispatcher.message(&flow, "c", None, r#"{"event":"defer"}"#);
+        let flow = dispatcher.message_flow("c", None);
+        dispatcher.message(&flow, r#"{"event":"defer"}"#.to_string());
         dispatcher.stop().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(flow.is_idle());
