@@ -2,10 +2,10 @@
 
 /**
  * `JSON.stringify({ event, data })`, the text of every message the server sends, built from
- * the two values' JSON. V8 (Node 20) serialises the object literal 100–140 ns slower than
- * this (benchmark/README.md); JavaScriptCore about 30 ns. The object is still used wherever
- * the two could differ: an event that is not a string, and data with its own `toJSON`
- * (which receives the key, `'data'`, as its argument).
+ * the two values' JSON: about 50 ns less on Node 20, the same on Bun
+ * (benchmark/micro/message-text.js). The object is still used wherever the two could
+ * differ: an event that is not a string, and data with its own `toJSON` (which receives the
+ * key, `'data'`, as its argument).
  * @param {unknown} event
  * @param {unknown} data
  * @returns {string}
