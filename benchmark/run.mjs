@@ -109,6 +109,9 @@ const IMPLEMENTATIONS = [
   // Not a contender: about the least a server can do per scenario (one thread, no JS, one
   // write(2) per delivery; loadgen/src/bin/reference.rs), so the tables show the floor.
   { name: 'reference (Rust, no JS)', key: 'ref', command: () => [referenceServer], scenarios: ['connect', 'fanout', 'rooms', 'echo', 'echo-200'] },
+  // The same with an idle second thread: what being a multi-threaded process (as Node and Bun
+  // are) costs per system call.
+  { name: 'reference, 2 threads', key: 'ref2', command: () => [referenceServer, '--idle-thread'], scenarios: ['fanout', 'rooms'] },
 ];
 const runsScenario = (implementation, name) => !implementation.scenarios || implementation.scenarios.includes(name);
 
@@ -397,7 +400,7 @@ function report(info, results, unpinned) {
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${reps} repetition(s), implementations alternated; medians with (min–max).`);
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run.');
-  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor).');
+  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor). "reference, 2 threads" is the same server with a second thread that never runs, which makes the process multi-threaded as every Node or Bun process is (fan-out and rooms only).');
   out.push('- "RSS/conn" (connect) is the growth of the server\'s resident memory from before the first connection to all connections idle, per connection, read after the connections have been idle for 2 s (a garbage-collected runtime frees the connection burst\'s garbage within about a second); "anon RSS/conn" counts anonymous memory only (RssAnon), leaving out the pages of the runtime\'s own binary that are first read in while connections are served (file-backed code, read once: 2–5 MB here, more for Bun\'s binary than for Node\'s).');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {

@@ -130,6 +130,14 @@ async fn serve(tcp: tokio::net::TcpStream, registry: Rc<RefCell<Registry>>) {
 }
 
 fn main() {
+    // `--idle-thread`: a second thread that never runs makes the process multi-threaded, as
+    // every Node or Bun process is; the kernel then takes a reference on a socket's file for
+    // each system call on it (`fdget`), which it skips in a single-threaded process.
+    if std::env::args().any(|arg| arg == "--idle-thread") {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
