@@ -363,25 +363,30 @@ impl Drop for MessageFlow {
 /// its ids, its messages, the disconnect, the next holder's ids.
 #[derive(Default)]
 struct SlotPool {
-    /// Released numbers, and the next never used.
-    free: Mutex<(Vec<u32>, u32)>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    released: Vec<u32>,
+    never_used: u32,
 }
 
 impl SlotPool {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take(&self) -> u32 {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        match free.0.pop() {
-            Some(slot) => slot,
-            None => {
-                free.1 += 1;
-                free.1 - 1
-            }
-        }
+        let mut slots = self.slots();
+        slots.released.pop().unwrap_or_else(|| {
+            slots.never_used += 1;
+            slots.never_used - 1
+        })
     }
 
     fn release(&self, slot: u32) {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        free.0.push(slot);
+        self.slots().released.push(slot);
     }
 }
 
