@@ -18,7 +18,7 @@
 //! handed to JS and JS has not finished is bounded by its [`MessageFlow`], so a client that
 //! sends faster than its handler finishes is slowed by TCP, not buffered by the server.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -511,8 +511,8 @@ impl Dispatcher {
         let (queue, receiver) = mpsc::unbounded_channel();
         let dispatcher = Arc::new(Dispatcher {
             queue,
-            pending: Mutex::new(HashMap::new()),
-            messages: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
+            messages: Mutex::default(),
             slots: Arc::default(),
             next_token: AtomicU64::new(1),
             queued_logs: AtomicUsize::new(0),

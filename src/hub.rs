@@ -4,7 +4,7 @@
 //! and only pushes shared frames into per-connection queues, which is cheap enough to do
 //! under it. Empty rooms and users are removed, as in the TypeScript helper.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};

@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod hash;
 pub mod hub;
 #[cfg(feature = "addon")]
 pub mod js;
