@@ -1,6 +1,7 @@
 // Runs every benchmark scenario against this package on Node, on Bun, and against the
 // TypeScript helper on Bun; alternates the implementations within each repetition; writes
 // benchmark/RESULTS.md. Usage: node benchmark/run.mjs [--quick] [--reps N] [--only a,b] [--out NAME.md]
+//   [--impls ts,node,bun,ref,ref2] [--variant ENV=VALUE]
 //
 // The server is pinned to core 0 and the load generator to core 1 (taskset). Server CPU
 // time comes from /proc/<pid>/stat, sampled when the load generator enters and leaves its
@@ -113,6 +114,22 @@ const IMPLEMENTATIONS = [
   // are) costs per system call.
   { name: 'reference, 2 threads', key: 'ref2', command: () => [referenceServer, '--idle-thread'], scenarios: ['fanout', 'rooms'] },
 ];
+// `--impls ts,node,...`: only these implementations (keys as in results.json).
+if (args.includes('--impls')) {
+  const keep = args[args.indexOf('--impls') + 1].split(',');
+  IMPLEMENTATIONS.splice(0, IMPLEMENTATIONS.length, ...IMPLEMENTATIONS.filter(i => keep.includes(i.key)));
+}
+// `--variant NAME=VALUE`: this package once more on each runtime kept by `--impls` with that environment
+// variable set, alternated with the rest in the same run (an A/B of a setting).
+if (args.includes('--variant')) {
+  const setting = args[args.indexOf('--variant') + 1];
+  const [variable, value = '1'] = setting.split('=');
+  for (const key of ['node', 'bun']) {
+    const base = IMPLEMENTATIONS.find(i => i.key === key);
+    if (!base) continue;
+    IMPLEMENTATIONS.push({ ...base, name: `${base.name} ${setting}`, key: `${key}+`, env: { [variable]: value } });
+  }
+}
 const runsScenario = (implementation, name) => !implementation.scenarios || implementation.scenarios.includes(name);
 
 /**
@@ -184,7 +201,7 @@ const pinned = (core, command) => (core === null ? command : ['taskset', '-c', S
 
 async function startServer(implementation, redisPort, serverCore, serverEnv = {}) {
   const [command, ...commandArgs] = pinned(serverCore, implementation.command(redisPort));
-  const server = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...serverEnv } });
+  const server = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...implementation.env, ...serverEnv } });
   let serverErrors = '';
   server.stderr.on('data', chunk => (serverErrors += chunk));
   const { port, pid } = await new Promise((resolve, reject) => {
