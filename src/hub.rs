@@ -59,6 +59,8 @@ const MEMBERS_PREFETCHED_AHEAD: usize = 16;
 /// member's pointer to prefetch its handle stalled on the list itself, whose lines the
 /// kernel's work in between evicts (`perf annotate`).
 fn prefetch_pointers(list: &[Arc<ClientHandle>], at: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (list, at);
     #[cfg(target_arch = "x86_64")]
     if at < list.len() {
         // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
