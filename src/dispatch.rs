@@ -234,28 +234,34 @@ fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
         return;
     }
     batch.push(if batch.is_empty() { '[' } else { ',' });
-    let comma = |batch: &mut String, index: usize| {
+    let _ = write!(batch, "[{},", kind::MESSAGE);
+    push_column(batch, group, |batch, message| {
+        let _ = write!(batch, "{}", message.token);
+    });
+    batch.push(',');
+    push_column(batch, group, |batch, message| {
+        let _ = write!(batch, "{}", message.slot);
+    });
+    batch.push(',');
+    push_column(batch, group, |batch, message| batch.push_str(&message.text));
+    batch.push(']');
+    group.clear();
+}
+
+/// One column of a message group: `[a,b,...]`, each element written by `element`.
+fn push_column(
+    batch: &mut String,
+    group: &[QueuedMessage],
+    element: impl Fn(&mut String, &QueuedMessage),
+) {
+    batch.push('[');
+    for (index, message) in group.iter().enumerate() {
         if index > 0 {
             batch.push(',');
         }
-    };
-    let _ = write!(batch, "[{},[", kind::MESSAGE);
-    for (index, message) in group.iter().enumerate() {
-        comma(batch, index);
-        let _ = write!(batch, "{}", message.token);
+        element(batch, message);
     }
-    batch.push_str("],[");
-    for (index, message) in group.iter().enumerate() {
-        comma(batch, index);
-        let _ = write!(batch, "{}", message.slot);
-    }
-    batch.push_str("],[");
-    for (index, message) in group.iter().enumerate() {
-        comma(batch, index);
-        batch.push_str(&message.text);
-    }
-    batch.push_str("]]");
-    group.clear();
+    batch.push(']');
 }
 
 fn encode_notice(notice: &JsNotice<'_>) -> String {
