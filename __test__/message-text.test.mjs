@@ -39,7 +39,29 @@ const DATA = [
   () => {},
   Symbol('s'),
   Object.create(null),
+  -0,
+  'x'.repeat(1000),
+  { 'needs "escape"': 1, '\u0001': 2, 'é': 3, '\ud800': 4, '': 5 },
+  { b: 1, 2: 'two', a: 2, 1: 'one', [Symbol('hidden')]: 3 },
+  { inner: { date: new Date(0), tagged: new Tagged('k'), list: [new Tagged('i'), Symbol('s'), undefined, () => {}] } },
+  { fn: Object.assign(() => {}, { toJSON: key => `fn at ${key}` }) },
+  { boxed: [Object(1), Object('s'), Object(false)], nullProto: Object.create(null), map: new Map([[1, 2]]) },
+  [, 1, , 2], // eslint-disable-line no-sparse-arrays
+  Object.defineProperty({ shown: 1 }, 'hidden', { value: 2, enumerable: false }),
+  Object.create({ inherited: 1 }),
+  { list: Object.assign([1, 2], { extra: 3 }) },
+  new Proxy({ a: 1, b: [2] }, {}),
+  { toJSON: key => ({ key, nested: new Tagged('n') }) },
+  deeplyNested(100),
 ];
+
+function deeplyNested(levels) {
+  let value = { leaf: [new Tagged('deep')] };
+  for (let level = 0; level < levels; level++) {
+    value = level % 2 === 0 ? { level, value } : [level, value];
+  }
+  return value;
+}
 const EVENTS = ['tick', '', 'with "quotes"', 'é', 42, null, undefined, { toJSON: () => 'object' }];
 
 describe('message text', () => {
@@ -57,7 +79,47 @@ describe('message text', () => {
     const cycle = {};
     cycle.self = cycle;
     assert.throws(() => eventMessageText('tick', cycle), TypeError);
+    const cycleInArray = [{}];
+    cycleInArray[0].back = cycleInArray;
+    assert.throws(() => eventMessageText('tick', { list: cycleInArray }), TypeError);
     assert.throws(() => eventMessageText('tick', { big: 1n }), TypeError);
+    assert.throws(() => eventMessageText('tick', { nested: [{ big: 1n }] }), TypeError);
+  });
+
+  it('serialises a BigInt as JSON.stringify does once BigInt.prototype.toJSON exists', () => {
+    // eslint-disable-next-line no-extend-native
+    BigInt.prototype.toJSON = function toJSON(key) {
+      return `${this}n at ${key}`;
+    };
+    try {
+      const data = { big: 1n, list: [2n] };
+      assert.equal(eventMessageText('tick', data), JSON.stringify({ event: 'tick', data }));
+    } finally {
+      delete BigInt.prototype.toJSON;
+    }
+  });
+
+  it('reads each property once, in JSON.stringify order', () => {
+    const reads = [];
+    const data = {
+      get first() {
+        reads.push('first');
+        return 1;
+      },
+      get later() {
+        reads.push('later');
+        return new Date(0);
+      },
+      nested: {
+        get inner() {
+          reads.push('inner');
+          return undefined;
+        },
+      },
+    };
+    const text = eventMessageText('tick', data);
+    assert.deepEqual(reads, ['first', 'later', 'inner']);
+    assert.equal(text, JSON.stringify({ event: 'tick', data }));
   });
 
   it('reaches a client as the TypeScript helper writes it', async () => {
