@@ -57,6 +57,15 @@ describe('local delivery and accessors', () => {
     sendToClient(server.handle, bob.id, text);
     assert.equal(await bob.next('raw').then(m => m.data), 'é😀');
     assert.equal(bob.texts.at(-1), text);
+    // A lone surrogate (not UTF-16 text) arrives as U+FFFD, as Node-API's UTF-8 writes it.
+    sendToClient(server.handle, bob.id, '{"event":"raw","data":"a\ud800b"}');
+    assert.equal(await bob.next('raw').then(m => m.data), 'a\ufffdb');
+    // Larger than the buffer kept between calls, then a short one through a fresh buffer.
+    const long = `é漢${'x'.repeat(300_000)}😀`;
+    sendToClient(server.handle, bob.id, JSON.stringify({ event: 'raw', data: long }));
+    assert.equal(await bob.next('raw').then(m => m.data), long);
+    sendToClient(server.handle, bob.id, text);
+    assert.equal(await bob.next('raw').then(m => m.data), 'é😀');
   });
 
   it('sendToUser reaches every session of the user', async () => {

@@ -30,9 +30,14 @@ helper.configure().then(async () => {
   const handle = helper.handle;
   const id = '0b8e6f4c-2d1a-4b7e-9f3a-100000000000';
   const text = `{"event":"echo","data":{"t":1733200000000000,"pad":"${'x'.repeat(64)}"}}`;
+  // As lib/server.js makes them: a new concatenation per message, which the engine flattens.
+  const dataTexts = Array.from({ length: 35 }, (_, i) => `{"t":${1733200000000000 + i},"pad":"${'x'.repeat(64)}"}`);
+  let next = 0;
+  const built = () => `{"event":"echo","data":${dataTexts[next++ % dataTexts.length]}}`;
   const sendToClient = binding.rawSendToClient();
   for (let pass = 0; pass < 2; pass++) {
     measure('sendToClient(handle, id, text)', () => sendToClient(handle, id, text));
+    measure('sendToClient(handle, id, built text)', () => sendToClient(handle, id, built()));
     measure('hasClient(handle, id) (napi-rs)', () => binding.hasClient(handle, id));
     measure('sendToUser(handle, id, text) (napi-rs)', () => binding.sendToUser(handle, id, text));
   }
