@@ -229,18 +229,19 @@ struct QueuedMessage {
 /// `[4,[tokens],[slots],[messages]]`, and empties `group`: V8 parses three arrays faster
 /// than an array per message (benchmark/README.md), and JS still runs them in order.
 fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
-    use std::fmt::Write;
     if group.is_empty() {
         return;
     }
     batch.push(if batch.is_empty() { '[' } else { ',' });
-    let _ = write!(batch, "[{},", kind::MESSAGE);
+    batch.push('[');
+    batch.push_str(itoa::Buffer::new().format(kind::MESSAGE));
+    batch.push(',');
     push_column(batch, group, |batch, message| {
-        let _ = write!(batch, "{}", message.token);
+        batch.push_str(itoa::Buffer::new().format(message.token));
     });
     batch.push(',');
     push_column(batch, group, |batch, message| {
-        let _ = write!(batch, "{}", message.slot);
+        batch.push_str(itoa::Buffer::new().format(message.slot));
     });
     batch.push(',');
     push_column(batch, group, |batch, message| batch.push_str(&message.text));
