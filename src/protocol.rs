@@ -83,7 +83,14 @@ pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, InboundError> {
         serde_json::from_str(text).map_err(|_| InboundError::InvalidFormat)?;
     let event: Cow<'_, str> = match envelope.event.map(RawValue::get) {
         None | Some("null") => return Err(InboundError::MissingEvent),
-        Some(raw) => serde_json::from_str(raw).map_err(|_| InboundError::InvalidFormat)?,
+        // Borrowed where the name has no escapes (serde's Cow<str> would always copy); a
+        // name with escapes, or what is not a string, takes the decoding path.
+        Some(raw) => match serde_json::from_str::<&str>(raw) {
+            Ok(name) => Cow::Borrowed(name),
+            Err(_) => Cow::Owned(
+                serde_json::from_str::<String>(raw).map_err(|_| InboundError::InvalidFormat)?,
+            ),
+        },
     };
     let data = envelope
         .data
@@ -238,6 +245,19 @@ mod tests {
             parse_inbound(r#"{"event":"heart\u0062eat"}"#),
             Ok(Inbound::Heartbeat)
         );
+        // A plain name is borrowed from the message; an escaped one is decoded into a copy.
+        assert!(matches!(
+            parse_inbound(r#"{"event":"chat"}"#),
+            Ok(Inbound::Custom {
+                event: Cow::Borrowed("chat")
+            })
+        ));
+        match parse_inbound(r#"{"event":"say \"hi\""}"#) {
+            Ok(Inbound::Custom {
+                event: Cow::Owned(name),
+            }) => assert_eq!(name, "say \"hi\""),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
