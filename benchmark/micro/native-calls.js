@@ -34,10 +34,14 @@ helper.configure().then(async () => {
   const dataTexts = Array.from({ length: 35 }, (_, i) => `{"t":${1733200000000000 + i},"pad":"${'x'.repeat(64)}"}`);
   let next = 0;
   const built = () => `{"event":"echo","data":${dataTexts[next++ % dataTexts.length]}}`;
+  // The same with text that is not ASCII, as JSON.stringify leaves it (Vietnamese, say).
+  const wideTexts = dataTexts.map(text => text.replace('xxxxxxxxxxxxxxxx', 'Xin chào thế giới'));
+  const builtWide = () => `{"event":"echo","data":${wideTexts[next++ % wideTexts.length]}}`;
   const sendToClient = binding.rawSendToClient();
   for (let pass = 0; pass < 2; pass++) {
     measure('sendToClient(handle, id, text)', () => sendToClient(handle, id, text));
     measure('sendToClient(handle, id, built text)', () => sendToClient(handle, id, built()));
+    measure('sendToClient(..., built non-ASCII text)', () => sendToClient(handle, id, builtWide()));
     measure('hasClient(handle, id) (napi-rs)', () => binding.hasClient(handle, id));
     measure('sendToUser(handle, id, text) (napi-rs)', () => binding.sendToUser(handle, id, text));
   }
