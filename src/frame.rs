@@ -250,7 +250,7 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 /// `first_byte`: FIN, RSV bits and opcode.
 fn encode(first_byte: u8, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    let mut out = BytesMut::with_capacity(payload.len() + MAX_HEADER_LEN);
     put_header(&mut out, first_byte, payload.len());
     out.put_slice(payload);
     out.freeze()
@@ -258,18 +258,35 @@ fn encode(first_byte: u8, payload: &[u8]) -> Bytes {
 
 /// A server frame's header (unmasked) for a payload of `len` bytes.
 fn put_header(out: &mut BytesMut, first_byte: u8, len: usize) {
-    out.put_u8(first_byte);
-    match len {
-        len if len < 126 => out.put_u8(len as u8),
+    let (header, header_len) = header_bytes(first_byte, len);
+    out.put_slice(&header[..header_len]);
+}
+
+/// The longest a server frame's header is.
+const MAX_HEADER_LEN: usize = 10;
+
+/// A server frame's header (unmasked) for a payload of `len` bytes, and how many of the
+/// bytes it takes.
+fn header_bytes(first_byte: u8, len: usize) -> ([u8; MAX_HEADER_LEN], usize) {
+    let mut header = [0; MAX_HEADER_LEN];
+    header[0] = first_byte;
+    let header_len = match len {
+        len if len < 126 => {
+            header[1] = len as u8;
+            2
+        }
         len if len <= 0xFFFF => {
-            out.put_u8(126);
-            out.put_u16(len as u16);
+            header[1] = 126;
+            header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
         }
         len => {
-            out.put_u8(127);
-            out.put_u64(len as u64);
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
         }
-    }
+    };
+    (header, header_len)
 }
 
 /// Writes each UTF-16 code unit of `units` to the byte at the same place in `out` (as long as
@@ -285,16 +302,24 @@ pub fn narrow_ascii(units: &[u16], out: &mut [u8]) -> bool {
     all_bits < 0x80
 }
 
-/// Appends a text frame of `units` encoded as UTF-8, unpaired surrogates as U+FFFD: measured
-/// in one pass and written in place in another (std's `String::from_utf16_lossy` pushes
-/// character by character and made a non-ASCII message cost more than V8's own UTF-8).
-fn put_utf16_text_frame(frame: &mut BytesMut, units: &[u16]) {
-    let len = utf16_as_utf8_len(units);
-    frame.reserve(10 + len);
-    put_header(frame, 0x80 | OP_TEXT, len);
-    let header = frame.len();
-    frame.resize(header + len, 0);
-    write_utf16_as_utf8(units, &mut frame[header..]);
+/// [`narrow_ascii`] chunk by chunk, up to the first chunk that is not all ASCII: returns how
+/// many units from the start were narrowed into `out`. Text with some characters that are not
+/// ASCII (a Vietnamese word in a JSON message, say) mostly still is, up to the first of them.
+fn narrow_ascii_prefix(units: &[u16], out: &mut [u8]) -> usize {
+    const CHUNK: usize = 16;
+    let mut narrowed = 0;
+    let mut chunks = units.chunks_exact(CHUNK).zip(out.chunks_exact_mut(CHUNK));
+    for (units, out) in chunks.by_ref() {
+        if !narrow_ascii(units, out) {
+            return narrowed;
+        }
+        narrowed += CHUNK;
+    }
+    let rest = units.len() - narrowed;
+    if narrow_ascii(&units[narrowed..], &mut out[narrowed..narrowed + rest]) {
+        narrowed += rest;
+    }
+    narrowed
 }
 
 /// A surrogate pair starts at `units[at]`.
@@ -307,6 +332,22 @@ fn pair_at(units: &[u16], at: usize) -> bool {
 
 /// The UTF-8 length of `units`, an unpaired surrogate counting as U+FFFD (3 bytes).
 fn utf16_as_utf8_len(units: &[u16]) -> usize {
+    // Branch-free over chunks whose counts fit 16-bit lanes, so it vectorises, unless there
+    // is a surrogate (rare): a pair is 4 bytes, not 3 and 3, so then each unit is looked at
+    // in turn.
+    let mut len = 0usize;
+    let mut surrogates = 0u16;
+    for chunk in units.chunks(1024) {
+        let mut extra = 0u16;
+        for &unit in chunk {
+            extra += u16::from(unit >= 0x80) + u16::from(unit >= 0x800);
+            surrogates |= u16::from(unit & 0xF800 == 0xD800);
+        }
+        len += chunk.len() + usize::from(extra);
+    }
+    if surrogates == 0 {
+        return len;
+    }
     let (mut len, mut at) = (0, 0);
     while at < units.len() {
         len += match units[at] {
@@ -327,25 +368,51 @@ fn utf16_as_utf8_len(units: &[u16]) -> usize {
 fn write_utf16_as_utf8(units: &[u16], out: &mut [u8]) {
     let (mut at, mut written) = (0, 0);
     while at < units.len() {
-        let unit = u32::from(units[at]);
-        if unit < 0x80 {
+        let unit = units[at];
+        match unit {
             // Most of any text, even where some of it is not ASCII.
-            out[written] = unit as u8;
-            written += 1;
-            at += 1;
-            continue;
+            0..0x80 => {
+                out[written] = unit as u8;
+                written += 1;
+                at += 1;
+                // The ASCII run goes on eight units at a time.
+                while let (Some(eight), Some(place)) = (
+                    units[at..].first_chunk::<8>(),
+                    out[written..].first_chunk_mut::<8>(),
+                ) {
+                    if !narrow_ascii(eight, place) {
+                        break;
+                    }
+                    at += 8;
+                    written += 8;
+                }
+                continue;
+            }
+            0x80..0x800 => {
+                out[written..written + 2]
+                    .copy_from_slice(&[0xC0 | (unit >> 6) as u8, 0x80 | (unit & 0x3F) as u8]);
+                written += 2;
+            }
+            0xD800..0xE000 => {
+                let code = if pair_at(units, at) {
+                    at += 1;
+                    0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(units[at]) - 0xDC00)
+                } else {
+                    u32::from(char::REPLACEMENT_CHARACTER)
+                };
+                // A valid scalar value by construction: surrogates were paired or replaced.
+                let character = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+                written += character.encode_utf8(&mut out[written..]).len();
+            }
+            _ => {
+                out[written..written + 3].copy_from_slice(&[
+                    0xE0 | (unit >> 12) as u8,
+                    0x80 | ((unit >> 6) & 0x3F) as u8,
+                    0x80 | (unit & 0x3F) as u8,
+                ]);
+                written += 3;
+            }
         }
-        let code = if pair_at(units, at) {
-            at += 1;
-            0x10000 + ((unit - 0xD800) << 10) + (u32::from(units[at]) - 0xDC00)
-        } else if (0xD800..0xE000).contains(&unit) {
-            u32::from(char::REPLACEMENT_CHARACTER)
-        } else {
-            unit
-        };
-        // A valid scalar value by construction: surrogates were paired or replaced.
-        let character = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
-        written += character.encode_utf8(&mut out[written..]).len();
         at += 1;
     }
 }
@@ -377,13 +444,23 @@ impl OutboundText {
     /// text is encoded into the same buffer, unpaired surrogates becoming U+FFFD as
     /// Node-API's UTF-8 makes them.
     pub fn from_utf16(units: &[u16]) -> Self {
-        let mut frame = BytesMut::with_capacity(10 + units.len());
+        let mut frame = BytesMut::with_capacity(MAX_HEADER_LEN + units.len());
         put_header(&mut frame, 0x80 | OP_TEXT, units.len());
-        let header = frame.len();
-        frame.resize(header + units.len(), 0);
-        if !narrow_ascii(units, &mut frame[header..]) {
-            frame.clear();
-            put_utf16_text_frame(&mut frame, units);
+        let guessed_header_len = frame.len();
+        frame.resize(guessed_header_len + units.len(), 0);
+        let ascii = narrow_ascii_prefix(units, &mut frame[guessed_header_len..]);
+        if ascii < units.len() {
+            // The ASCII prefix stays; the rest is measured and encoded after it. UTF-8 is at
+            // least as many bytes as UTF-16 has units, so the frame and its header only grow.
+            let rest = &units[ascii..];
+            let len = ascii + utf16_as_utf8_len(rest);
+            let (header, header_len) = header_bytes(0x80 | OP_TEXT, len);
+            frame.resize(header_len + len, 0);
+            if header_len != guessed_header_len {
+                frame.copy_within(guessed_header_len..guessed_header_len + ascii, header_len);
+            }
+            frame[..header_len].copy_from_slice(&header[..header_len]);
+            write_utf16_as_utf8(rest, &mut frame[header_len + ascii..]);
         }
         OutboundText {
             plain: frame.freeze(),
@@ -633,6 +710,15 @@ mod tests {
             &"x".repeat(300),
             &"y".repeat(70_000),
             &format!("{}é", "z".repeat(200)),
+            // The non-ASCII part makes the header longer than the UTF-16 length suggested.
+            &format!("{}{}", "a".repeat(100), "é".repeat(20)),
+            &format!("{}{}", "b".repeat(65_500), "漢".repeat(20)),
+            // Non-ASCII at, before and after a chunk's edge, and last.
+            &format!("{}ệ{}", "c".repeat(15), "d".repeat(40)),
+            &format!("{}ệ{}", "c".repeat(16), "d".repeat(40)),
+            &format!("{}ệ{}", "c".repeat(17), "d".repeat(40)),
+            &format!("{}ệ", "c".repeat(47)),
+            "ệ",
         ] {
             let units: Vec<u16> = text.encode_utf16().collect();
             let message = OutboundText::from_utf16(&units);
@@ -666,6 +752,27 @@ mod tests {
             let mut out = vec![0; expected.len()];
             write_utf16_as_utf8(&units, &mut out);
             assert_eq!(out, expected.as_bytes(), "{units:x?}");
+        }
+    }
+
+    #[test]
+    fn an_ascii_prefix_is_narrowed_in_whole_chunks() {
+        for (len, first_wide, narrowed) in [
+            (0, None, 0),
+            (40, None, 40),
+            (40, Some(0), 0),
+            (40, Some(15), 0),
+            (40, Some(16), 16),
+            (40, Some(39), 32),
+            (7, Some(6), 0),
+        ] {
+            let mut units = vec![0x61u16; len];
+            if let Some(at) = first_wide {
+                units[at] = 0x1EC7;
+            }
+            let mut out = vec![0u8; len];
+            assert_eq!(narrow_ascii_prefix(&units, &mut out), narrowed);
+            assert!(out[..narrowed].iter().all(|&byte| byte == 0x61));
         }
     }
 
