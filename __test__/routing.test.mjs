@@ -8,7 +8,8 @@ describe('message routing', () => {
     const handled = [];
     const server = await start({ messageHandler: ({ message }) => void handled.push(message) });
     const client = await authenticatedClient(server);
-    for (const text of ['not json', '{"event":', '[1,2]', '42', '"text"', 'null', '{"event":5}', '{"event":{}}']) {
+    const texts = ['not json', '{"event":', '[1,2]', '["chat",{}]', '42', '"text"', 'null', '{"event":5}', '{"event":{}}'];
+    for (const text of texts) {
       client.send(text);
       const error = await client.next('error');
       assert.deepEqual(error.data, { message: 'Invalid message format' }, text);
@@ -55,6 +56,38 @@ describe('message routing', () => {
       userId: 'alice',
       message: { event: 'chat', data: { text: 'hi', n: [1, 2] }, id: 'm-1', extra: true },
     });
+    client.close();
+  });
+
+  it('gives messageHandler each message as JSON.parse makes it, keys in their order, whatever its shape', async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message) });
+    const client = await authenticatedClient(server);
+    // The first ones have `event` then `data` only (they cross in parts), the others not.
+    const texts = [
+      '{"event":"a","data":{"t":1,"s":"Xin chào thế giới 😀","n":[1,null,true]}}',
+      ' { "event" : "b" , "data" : [ 1 , { "k" : "v" } ] } ',
+      '{"event":"c\\"q\\u00e9","data":"\\ud83d\\ude00"}',
+      '{"event":"d","data":null}',
+      '{"ev\\u0065nt":"e","data":1e400}',
+      '{"event":"f","data":{"__proto__":{"polluted":true},"constructor":1}}',
+      '{"data":2,"event":"g"}',
+      '{"event":"h"}',
+      '{"event":"i","data":3,"id":"m-1"}',
+      '{"__proto__":{"x":1},"event":"j","data":4}',
+    ];
+    for (const text of texts) {
+      client.send(text);
+    }
+    await waitUntil(() => handled.length === texts.length);
+    texts.forEach((text, i) => {
+      const expected = JSON.parse(text);
+      assert.deepEqual(handled[i], expected, text);
+      assert.deepEqual(Object.keys(handled[i]), Object.keys(expected), text);
+      assert.equal(JSON.stringify(handled[i]), JSON.stringify(expected), text);
+      assert.equal(Object.getPrototypeOf(handled[i]), Object.prototype, text);
+    });
+    assert.equal({}.polluted, undefined);
     client.close();
   });
 

@@ -9,8 +9,8 @@
 // messageHandler Promise of a connection is pending (at most callbackTimeout), that
 // connection's later messages wait in a queue. The answer marks such messages DEFERRED and
 // `settle` reports each when done, which lets Rust read more from that connection.
-// Consecutive messages come as one row of columns, `[MESSAGE, tokens, slots, messages]`; a
-// slot is a small number Rust gave the sending connection, told once by a MESSAGE_SENDER
+// Consecutive messages come as one row of columns, `[MESSAGE, tokens, slots, events, datas]`;
+// a slot is a small number Rust gave the sending connection, told once by a MESSAGE_SENDER
 // row with the client's ids (cheaper for V8 than two id strings per message).
 
 // Kinds, as src/dispatch.rs writes them.
@@ -198,13 +198,17 @@ class CallbackDispatcher {
         return;
       }
       case MESSAGE: {
-        const [, tokens, slots, messages] = call;
+        const [, tokens, slots, events, datas] = call;
         for (let i = 0; i < tokens.length; i++) {
           const sender = this.senders[slots[i]];
           if (sender === undefined) {
             this.logger.error(`Message from an unknown slot ${slots[i]} dropped`);
           } else {
-            this.message(tokens[i], sender.clientId, sender.userId, messages[i], answers);
+            // A message of `event` then `data` only comes in its two parts (V8 builds the
+            // object faster here than in JSON.parse), any other whole, with a null event.
+            const event = events[i];
+            const message = event === null ? datas[i] : { event, data: datas[i] };
+            this.message(tokens[i], sender.clientId, sender.userId, message, answers);
           }
         }
         return;

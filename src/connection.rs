@@ -28,7 +28,7 @@ use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, MessageFlow, Outco
 use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
 use crate::handshake::{self, Decision, Rejection, UpgradeRequest};
 use crate::hub::{AuthStart, ClientHandle, ClientId, Encryption};
-use crate::protocol::{self, Inbound, InboundError, RoomRequest};
+use crate::protocol::{self, Inbound, InboundError, MessageParts, RoomRequest};
 use crate::server::{monotonic_ms, now_ms, ConnectionGuard, Core};
 
 /// Reads per wake-up are at most this large; the buffer is released whenever it empties,
@@ -726,9 +726,9 @@ impl Session {
                     self.leave(request)
                 }
             }
-            Inbound::Custom { .. } => {
-                drop(inbound);
-                self.custom(text).await
+            Inbound::Custom { event, parts } => {
+                drop(event);
+                self.custom(text, parts).await
             }
         }
     }
@@ -1078,7 +1078,7 @@ impl Session {
         );
     }
 
-    async fn custom(&mut self, text: String) {
+    async fn custom(&mut self, text: String, parts: Option<MessageParts>) {
         if !self.core.config.has_message_handler {
             return self.core.log(
                 LogLevel::Debug,
@@ -1093,7 +1093,7 @@ impl Session {
         let flow = self
             .message_flow
             .get_or_insert_with(|| dispatcher.message_flow(id, user_id));
-        dispatcher.message(flow, text);
+        dispatcher.message(flow, text, parts);
     }
 }
 

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::protocol::json_string;
+use crate::protocol::{json_string, MessageParts};
 
 /// The JS side of the bridge. `deliver` runs the batch on the JS thread and hands JS's
 /// answer (the JSON text of the synchronous outcomes) to the batch's [`BatchInJs`] there,
@@ -223,11 +223,15 @@ struct QueuedMessage {
     slot: u32,
     /// The message's JSON text, as the client sent it.
     text: String,
+    parts: Option<MessageParts>,
 }
 
 /// Appends consecutive messages (if any) to the batch as one row of columns,
-/// `[4,[tokens],[slots],[messages]]`, and empties `group`: V8 parses three arrays faster
-/// than an array per message (benchmark/README.md), and JS still runs them in order.
+/// `[4,[tokens],[slots],[events],[datas]]`, and empties `group`: V8 parses arrays of numbers
+/// faster than an array per message (benchmark/README.md), and JS still runs them in order.
+/// A message of `event` then `data` only comes as its two parts, and JS builds its object
+/// (cheaper than JSON.parse building it); any other has `null` for its event and its whole
+/// text for data.
 fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
     if group.is_empty() {
         return;
@@ -244,7 +248,15 @@ fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
         batch.push_str(itoa::Buffer::new().format(message.slot));
     });
     batch.push(',');
-    push_column(batch, group, |batch, message| batch.push_str(&message.text));
+    push_column(batch, group, |batch, message| match &message.parts {
+        Some(parts) => batch.push_str(&message.text[parts.event.clone()]),
+        None => batch.push_str("null"),
+    });
+    batch.push(',');
+    push_column(batch, group, |batch, message| match &message.parts {
+        Some(parts) => batch.push_str(&message.text[parts.data.clone()]),
+        None => batch.push_str(&message.text),
+    });
     batch.push(']');
     group.clear();
 }
@@ -577,7 +589,8 @@ impl Dispatcher {
 
     /// Hands a custom message to `messageHandler`. Nobody waits for it; `flow` is charged
     /// until JS is done with it (callers check [`MessageFlow::has_credit`] first).
-    pub fn message(&self, flow: &Arc<MessageFlow>, message: String) {
+    /// `parts`: where the message's `event` and `data` are, if they are its only keys.
+    pub fn message(&self, flow: &Arc<MessageFlow>, message: String, parts: Option<MessageParts>) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let cost = MessageFlow::cost(&message);
         flow.take(cost);
@@ -592,6 +605,7 @@ impl Dispatcher {
             token,
             slot: flow.slot,
             text: message,
+            parts,
         };
         if self.queue.send(Item::Message(message)).is_err() {
             self.finish_message(token);
@@ -841,14 +855,18 @@ mod tests {
             let answers: Vec<String> = rows
                 .iter()
                 .flat_map(|row| match row[0].as_u64() {
-                    // [4, [tokens], [slots], [messages]]
+                    // [4, [tokens], [slots], [events], [datas]]
                     Some(4) => row[1]
                         .as_array()
                         .unwrap()
                         .iter()
                         .zip(row[3].as_array().unwrap())
-                        .filter(|(_, message)| message["event"] == "defer")
-                        .map(|(token, _)| format!("[{token},2,0]"))
+                        .zip(row[4].as_array().unwrap())
+                        .filter(|((_, event), data)| match event {
+                            Value::Null => data["event"] == "defer",
+                            event => *event == "defer",
+                        })
+                        .map(|((token, _), _)| format!("[{token},2,0]"))
                         .collect(),
                     _ if row[1].as_u64() == Some(0) => vec![],
                     _ => vec![format!("[{},0,{}]", row[1], row[1])],
@@ -857,6 +875,19 @@ mod tests {
             // Answered from another thread, as the JS thread does.
             std::thread::spawn(move || in_js.answer(Ok(format!("[{}]", answers.join(",")))));
         }
+    }
+
+    /// The parts of `text` as a connection finds them.
+    fn message_parts(text: &str) -> Option<MessageParts> {
+        match crate::protocol::parse_inbound(text) {
+            Ok(crate::protocol::Inbound::Custom { parts, .. }) => parts,
+            _ => None,
+        }
+    }
+
+    /// Hands `text` to `dispatcher` as a connection does.
+    fn send_message(dispatcher: &Dispatcher, flow: &Arc<MessageFlow>, text: &str) {
+        dispatcher.message(flow, text.to_string(), message_parts(text));
     }
 
     #[test]
@@ -879,17 +910,27 @@ mod tests {
             token,
             slot,
             text: text.to_string(),
+            parts: message_parts(text),
         };
         push_message_group(&mut batch, &mut Vec::new());
         assert_eq!(batch, "", "no messages, no row");
-        let mut group = vec![message(8, 0, r#"{"event":"x"}"#), message(9, 2, "1")];
+        let mut group = vec![
+            message(8, 0, r#"{"event":"x"}"#),
+            message(9, 2, r#"{"event":"y","data":{"a":[1]}}"#),
+        ];
         push_message_group(&mut batch, &mut group);
-        assert_eq!(batch, r#"[[4,[8,9],[0,2],[{"event":"x"},1]]"#);
-        assert!(group.is_empty());
-        push_message_group(&mut batch, &mut vec![message(10, 1, "2")]);
         assert_eq!(
             batch,
-            r#"[[4,[8,9],[0,2],[{"event":"x"},1]],[4,[10],[1],[2]]"#
+            r#"[[4,[8,9],[0,2],[null,"y"],[{"event":"x"},{"a":[1]}]]"#
+        );
+        assert!(group.is_empty());
+        push_message_group(
+            &mut batch,
+            &mut vec![message(10, 1, r#"{ "event" : "z" , "data" : null }"#)],
+        );
+        assert_eq!(
+            batch,
+            r#"[[4,[8,9],[0,2],[null,"y"],[{"event":"x"},{"a":[1]}]],[4,[10],[1],["z"],[null]]"#
         );
         assert_eq!(
             encode_notice(&JsNotice::ClientDisconnected {
@@ -967,7 +1008,7 @@ mod tests {
         });
         let dispatcher = Dispatcher::start(bridge.clone());
         let flow = dispatcher.message_flow("c", None);
-        dispatcher.message(&flow, r#"{"event":"now"}"#.to_string());
+        send_message(&dispatcher, &flow, r#"{"event":"now"}"#);
         assert!(!flow.is_idle(), "charged while queued");
         dispatcher.flush().await;
         assert!(
@@ -979,7 +1020,7 @@ mod tests {
             r#"{{"event":"defer","data":"{}"}}"#,
             "x".repeat(MESSAGE_CREDIT)
         );
-        dispatcher.message(&flow, big);
+        send_message(&dispatcher, &flow, &big);
         dispatcher.flush().await;
         assert!(!flow.has_credit(), "a deferred message stays charged");
         let batches = bridge.batches.lock().unwrap().clone();
@@ -1003,13 +1044,13 @@ mod tests {
         let second = dispatcher.message_flow("b", None);
         let (first_slot, second_slot) = (first.slot(), second.slot());
         assert_ne!(first_slot, second_slot);
-        dispatcher.message(&first, r#"{"event":"defer"}"#.to_string());
-        dispatcher.message(&second, r#"{"event":"now"}"#.to_string());
+        send_message(&dispatcher, &first, r#"{"event":"defer","data":0}"#);
+        send_message(&dispatcher, &second, r#"{"event":"now"}"#);
         dispatcher.flush().await;
         let sent = bridge.batches.lock().unwrap().concat();
         let named = sent.find(&format!(r#"[12,0,{first_slot},"a","u"]"#));
         let group = sent.find(&format!(
-            r#"[{first_slot},{second_slot}],[{{"event":"defer"}},{{"event":"now"}}]]"#
+            r#"[{first_slot},{second_slot}],["defer",null],[0,{{"event":"now"}}]]"#
         ));
         assert!(named.is_some() && named < group, "{sent}");
 
@@ -1043,7 +1084,7 @@ mod tests {
         }
         let dispatcher = Dispatcher::start(Arc::new(DroppingBridge));
         let flow = dispatcher.message_flow("c", None);
-        dispatcher.message(&flow, r#"{"event":"now"}"#.to_string());
+        send_message(&dispatcher, &flow, r#"{"event":"now"}"#);
         tokio::time::timeout(Duration::from_secs(1), dispatcher.flush())
             .await
             .expect("the batch's permit came back");
@@ -1057,7 +1098,7 @@ mod tests {
         });
         let dispatcher = Dispatcher::start(bridge.clone());
         let flow = dispatcher.message_flow("c", None);
-        dispatcher.message(&flow, r#"{"event":"defer"}"#.to_string());
+        send_message(&dispatcher, &flow, r#"{"event":"defer"}"#);
         dispatcher.stop().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(flow.is_idle());

@@ -3,8 +3,11 @@
 //! callbacks live in `connection.rs`.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
 
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::hub::Encryption;
@@ -43,7 +46,18 @@ pub enum Inbound<'a> {
     /// Any other event: handed to `messageHandler` with the whole message.
     Custom {
         event: Cow<'a, str>,
+        /// Where `event` and `data` lie in a message that has these two keys only, in
+        /// this order (what clients send): JS then builds the object around them.
+        parts: Option<MessageParts>,
     },
+}
+
+/// The byte ranges of a message's raw `event` (a JSON string, quotes included) and raw
+/// `data` in its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageParts {
+    pub event: Range<usize>,
+    pub data: Range<usize>,
 }
 
 /// Rooms named in a `join`/`leave` request, or why the request had the wrong shape.
@@ -63,12 +77,74 @@ pub enum InboundError {
     MissingEvent,
 }
 
-#[derive(Deserialize)]
+/// A message object's `event` and `data`, raw.
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// The object has these two keys only, `event` first.
+    event_then_data_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum EnvelopeKey {
+    Event,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A map only: a derived struct would also take an array, `["chat",{}]`, by position.
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a message object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        let mut envelope = Envelope {
+            event: None,
+            data: None,
+            event_then_data_only: true,
+        };
+        let mut keys = 0;
+        while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            match key {
+                EnvelopeKey::Event if envelope.event.is_none() => {
+                    envelope.event = Some(map.next_value()?);
+                    envelope.event_then_data_only &= keys == 0;
+                }
+                EnvelopeKey::Data if envelope.data.is_none() => {
+                    envelope.data = Some(map.next_value()?);
+                    envelope.event_then_data_only &= keys == 1;
+                }
+                EnvelopeKey::Event => return Err(de::Error::duplicate_field("event")),
+                EnvelopeKey::Data => return Err(de::Error::duplicate_field("data")),
+                EnvelopeKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    envelope.event_then_data_only = false;
+                }
+            }
+            keys += 1;
+        }
+        envelope.event_then_data_only &= keys == 2;
+        Ok(envelope)
+    }
+}
+
+/// Where `part`, a slice of `text`, lies in it.
+fn range_in(text: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - text.as_ptr() as usize;
+    start..start + part.len()
 }
 
 #[derive(Deserialize)]
@@ -92,6 +168,13 @@ pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, InboundError> {
             ),
         },
     };
+    let parts = match (envelope.event_then_data_only, envelope.event, envelope.data) {
+        (true, Some(event), Some(data)) => Some(MessageParts {
+            event: range_in(text, event.get()),
+            data: range_in(text, data.get()),
+        }),
+        _ => None,
+    };
     let data = envelope
         .data
         .map(RawValue::get)
@@ -102,7 +185,7 @@ pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, InboundError> {
         EVENT_AUTHENTICATE => Inbound::Authenticate { data },
         EVENT_JOIN => Inbound::Join(parse_rooms(data)),
         EVENT_LEAVE => Inbound::Leave(parse_rooms(data)),
-        _ => Inbound::Custom { event },
+        _ => Inbound::Custom { event, parts },
     })
 }
 
@@ -237,7 +320,8 @@ mod tests {
         assert_eq!(
             parse_inbound(r#"{"event":"chat","data":[1,2],"id":"m1"}"#),
             Ok(Inbound::Custom {
-                event: Cow::Borrowed("chat")
+                event: Cow::Borrowed("chat"),
+                parts: None,
             })
         );
         // Escaped event names are decoded before matching.
@@ -249,14 +333,53 @@ mod tests {
         assert!(matches!(
             parse_inbound(r#"{"event":"chat"}"#),
             Ok(Inbound::Custom {
-                event: Cow::Borrowed("chat")
+                event: Cow::Borrowed("chat"),
+                parts: None,
             })
         ));
         match parse_inbound(r#"{"event":"say \"hi\""}"#) {
             Ok(Inbound::Custom {
                 event: Cow::Owned(name),
+                ..
             }) => assert_eq!(name, "say \"hi\""),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn finds_the_parts_of_a_message_of_event_then_data_only() {
+        let parts = |text| match parse_inbound(text) {
+            Ok(Inbound::Custom { parts, .. }) => {
+                parts.map(|parts| (&text[parts.event], &text[parts.data]))
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            parts(r#"{"event":"chat","data":{"t":1,"s":"é"}}"#),
+            Some((r#""chat""#, r#"{"t":1,"s":"é"}"#))
+        );
+        assert_eq!(
+            parts(r#" { "event" : "say \"hi\"" , "data" : [ 1 , null ] } "#),
+            Some((r#""say \"hi\"""#, "[ 1 , null ]"))
+        );
+        assert_eq!(
+            parts(r#"{"event":"chat","data":null}"#),
+            Some((r#""chat""#, "null"))
+        );
+        // An escaped key is the key it decodes to.
+        assert_eq!(
+            parts(r#"{"ev\u0065nt":"chat","data":1}"#),
+            Some((r#""chat""#, "1"))
+        );
+        // Anything else comes whole: other keys, another order, no data.
+        for text in [
+            r#"{"event":"chat","data":1,"id":2}"#,
+            r#"{"id":2,"event":"chat","data":1}"#,
+            r#"{"data":1,"event":"chat"}"#,
+            r#"{"event":"chat"}"#,
+            r#"{"event":"chat","__proto__":{}}"#,
+        ] {
+            assert_eq!(parts(text), None, "{text}");
         }
     }
 
@@ -266,6 +389,9 @@ mod tests {
             "",
             "not json",
             "[1,2]",
+            r#"["chat",{}]"#,
+            r#"{"event":"chat","event":"chat"}"#,
+            r#"{"event":"chat","data":1,"data":1}"#,
             "42",
             "\"event\"",
             "null",

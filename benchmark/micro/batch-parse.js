@@ -45,6 +45,24 @@ function runColumns(text) {
   }
 }
 
+// The same with each message's event and data in columns of their own (the envelope's object
+// built in JS): [4, [tokens], [slots], [events], [datas]].
+const splitColumns = round => {
+  const tokens = ids.map((_, i) => round * PER_BATCH + i).join(',');
+  const slots = ids.map((_, i) => i).join(',');
+  const events = ids.map(() => '"echo"').join(',');
+  const datas = ids.map((_, i) => `{"t":${1_733_200_000_000_000 + i},"pad":"${'x'.repeat(64)}"}`).join(',');
+  return `[[4,[${tokens}],[${slots}],[${events}],[${datas}]]]`;
+};
+function runSplitColumns(text) {
+  for (const [, tokens, slots, events, datas] of JSON.parse(text)) {
+    for (let i = 0; i < tokens.length; i++) {
+      const sender = senders[slots[i]];
+      handler({ clientId: sender.clientId, userId: sender.userId, message: { event: events[i], data: datas[i] } });
+    }
+  }
+}
+
 function measure(name, build, run) {
   const batches = Array.from({ length: 64 }, (_, round) => build(round));
   for (let round = 0; round < 2000; round++) {
@@ -62,6 +80,7 @@ for (let pass = 0; pass < 2; pass++) {
   measure('array per message, ids', rows, runRows);
   measure('array per message, slot', slotRows, runSlotRows);
   measure('columns, slots', columns, runColumns);
+  measure('columns, event and data split', splitColumns, runSplitColumns);
 }
 if (sink === 0) {
   console.log('(nothing measured)');
