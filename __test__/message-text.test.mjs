@@ -62,7 +62,29 @@ function deeplyNested(levels) {
   }
   return value;
 }
-const EVENTS = ['tick', '', 'with "quotes"', 'é', 42, null, undefined, { toJSON: () => 'object' }];
+const EVENTS = [
+  'tick',
+  '',
+  'with "quotes"',
+  'é',
+  'chat:message.v2 ~!@#$%^&*()_+{}[]|;<>?/`',
+  'back\\slash',
+  'new\nline',
+  '\u0000',
+  '\u001f',
+  '\u007f',
+  '\u2028',
+  'emoji 😀',
+  'lone \ud800 high',
+  'lone \udfff low',
+  'x'.repeat(64),
+  'x'.repeat(65),
+  `${'x'.repeat(70)}"`,
+  42,
+  null,
+  undefined,
+  { toJSON: () => 'object' },
+];
 
 describe('message text', () => {
   const start = serverPool();
