@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 
 import { assert, describe, it } from './support/framework.mjs';
-import { authenticatedClient, serverPool } from './support/helpers.mjs';
+import { authenticatedClient, serverPool, waitUntil } from './support/helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const { eventMessageText } = require('../lib/message-text.js');
@@ -151,6 +151,22 @@ describe('message text', () => {
     server.sendToClient({ clientId: client.id, event: 'tick', data });
     await client.next('tick');
     assert.equal(client.texts.at(-1), JSON.stringify({ event: 'tick', data }));
+    client.close();
+  });
+
+  it('reaches a client byte for byte as JSON.stringify({ event, data }), for every kind of value', async () => {
+    const server = await start({});
+    const client = await authenticatedClient(server);
+    const before = client.texts.length;
+    const expected = [];
+    for (const event of [...EVENTS, 'x'.repeat(300), `${'y'.repeat(100)}\u0001`]) {
+      for (const data of DATA) {
+        server.sendToClient({ clientId: client.id, event, data });
+        expected.push(JSON.stringify({ event, data }));
+      }
+    }
+    await waitUntil(() => client.texts.length === before + expected.length);
+    assert.deepEqual(client.texts.slice(before), expected);
     client.close();
   });
 });

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::deflate::{self, InflateError};
 
@@ -417,6 +417,19 @@ fn write_utf16_as_utf8(units: &[u16], out: &mut [u8]) {
     }
 }
 
+/// Appends `units` as UTF-8, unpaired surrogates as U+FFFD: the ASCII prefix narrowed in
+/// place, the rest (if any) measured, then encoded.
+fn put_utf16_as_utf8(out: &mut BytesMut, units: &[u16]) {
+    let start = out.len();
+    out.resize(start + units.len(), 0);
+    let ascii = narrow_ascii_prefix(units, &mut out[start..]);
+    if ascii < units.len() {
+        let rest = &units[ascii..];
+        out.resize(start + ascii + utf16_as_utf8_len(rest), 0);
+        write_utf16_as_utf8(rest, &mut out[start + ascii..]);
+    }
+}
+
 pub fn text_frame(text: &str) -> Bytes {
     encode_frame(OP_TEXT, text.as_bytes())
 }
@@ -444,24 +457,15 @@ impl OutboundText {
     /// text is encoded into the same buffer, unpaired surrogates becoming U+FFFD as
     /// Node-API's UTF-8 makes them.
     pub fn from_utf16(units: &[u16]) -> Self {
+        // The payload goes after room for the longest header, and its header just before
+        // it once its length is known (text that is not ASCII is longer in UTF-8).
         let mut frame = BytesMut::with_capacity(MAX_HEADER_LEN + units.len());
-        put_header(&mut frame, 0x80 | OP_TEXT, units.len());
-        let guessed_header_len = frame.len();
-        frame.resize(guessed_header_len + units.len(), 0);
-        let ascii = narrow_ascii_prefix(units, &mut frame[guessed_header_len..]);
-        if ascii < units.len() {
-            // The ASCII prefix stays; the rest is measured and encoded after it. UTF-8 is at
-            // least as many bytes as UTF-16 has units, so the frame and its header only grow.
-            let rest = &units[ascii..];
-            let len = ascii + utf16_as_utf8_len(rest);
-            let (header, header_len) = header_bytes(0x80 | OP_TEXT, len);
-            frame.resize(header_len + len, 0);
-            if header_len != guessed_header_len {
-                frame.copy_within(guessed_header_len..guessed_header_len + ascii, header_len);
-            }
-            frame[..header_len].copy_from_slice(&header[..header_len]);
-            write_utf16_as_utf8(rest, &mut frame[header_len + ascii..]);
-        }
+        frame.resize(MAX_HEADER_LEN, 0);
+        put_utf16_as_utf8(&mut frame, units);
+        let (header, header_len) = header_bytes(0x80 | OP_TEXT, frame.len() - MAX_HEADER_LEN);
+        let start = MAX_HEADER_LEN - header_len;
+        frame[start..MAX_HEADER_LEN].copy_from_slice(&header[..header_len]);
+        frame.advance(start);
         OutboundText {
             plain: frame.freeze(),
             compressed: OnceLock::new(),
