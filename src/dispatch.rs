@@ -227,7 +227,7 @@ struct QueuedMessage {
 }
 
 /// Appends consecutive messages (if any) to the batch as one row of columns,
-/// `[4,[tokens],[slots],[events],[datas]]`, and empties `group`: V8 parses arrays of numbers
+/// `[4,[tokens],[slots],[events],[datas]]`, and empties `group`: V8 parses a few columns
 /// faster than an array per message (benchmark/README.md), and JS still runs them in order.
 /// A message of `event` then `data` only comes as its two parts, and JS builds its object
 /// (cheaper than JSON.parse building it); any other has `null` for its event and its whole
