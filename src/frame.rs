@@ -717,6 +717,8 @@ mod tests {
             // The non-ASCII part makes the header longer than the UTF-16 length suggested.
             &format!("{}{}", "a".repeat(100), "é".repeat(20)),
             &format!("{}{}", "b".repeat(65_500), "漢".repeat(20)),
+            // Measured over several chunks of 1,024 units.
+            &"é漢a".repeat(1_500),
             // Non-ASCII at, before and after a chunk's edge, and last.
             &format!("{}ệ{}", "c".repeat(15), "d".repeat(40)),
             &format!("{}ệ{}", "c".repeat(16), "d".repeat(40)),
