@@ -9,9 +9,9 @@
 // messageHandler Promise of a connection is pending (at most callbackTimeout), that
 // connection's later messages wait in a queue. The answer marks such messages DEFERRED and
 // `settle` reports each when done, which lets Rust read more from that connection.
-// Consecutive messages come as one row of columns, `[MESSAGE, tokens, slots, events, datas]`;
-// a slot is a small number Rust gave the sending connection, told once by a MESSAGE_SENDER
-// row with the client's ids (cheaper for V8 than two id strings per message).
+// Consecutive messages come as one flat row, `[MESSAGE, n, tokens..., slots..., events...,
+// datas...]`; a slot is a small number Rust gave the sending connection, told once by a
+// MESSAGE_SENDER row with the client's ids (cheaper for V8 than two id strings per message).
 
 // Kinds, as src/dispatch.rs writes them.
 const AUTHENTICATE = 1;
@@ -198,17 +198,20 @@ class CallbackDispatcher {
         return;
       }
       case MESSAGE: {
-        const [, tokens, slots, events, datas] = call;
-        for (let i = 0; i < tokens.length; i++) {
-          const sender = this.senders[slots[i]];
+        // [MESSAGE, n, tokens..., slots..., events..., datas...]
+        const n = call[1];
+        for (let i = 2; i < 2 + n; i++) {
+          const slot = call[i + n];
+          const sender = this.senders[slot];
           if (sender === undefined) {
-            this.logger.error(`Message from an unknown slot ${slots[i]} dropped`);
+            this.logger.error(`Message from an unknown slot ${slot} dropped`);
           } else {
             // A message of `event` then `data` only comes in its two parts (V8 builds the
             // object faster here than in JSON.parse), any other whole, with a null event.
-            const event = events[i];
-            const message = event === null ? datas[i] : { event, data: datas[i] };
-            this.message(tokens[i], sender.clientId, sender.userId, message, answers);
+            const event = call[i + 2 * n];
+            const data = call[i + 3 * n];
+            const message = event === null ? data : { event, data };
+            this.message(call[i], sender.clientId, sender.userId, message, answers);
           }
         }
         return;

@@ -226,12 +226,12 @@ struct QueuedMessage {
     parts: Option<MessageParts>,
 }
 
-/// Appends consecutive messages (if any) to the batch as one row of columns,
-/// `[4,[tokens],[slots],[events],[datas]]`, and empties `group`: V8 parses a few columns
-/// faster than an array per message (benchmark/README.md), and JS still runs them in order.
-/// A message of `event` then `data` only comes as its two parts, and JS builds its object
-/// (cheaper than JSON.parse building it); any other has `null` for its event and its whole
-/// text for data.
+/// Appends consecutive messages (if any) to the batch as one flat row,
+/// `[4,n,tokens...,slots...,events...,datas...]` (`n` of each), and empties `group`: V8
+/// parses one array faster than an array per message or per column (benchmark/README.md),
+/// and JS still runs them in order. A message of `event` then `data` only comes as its two
+/// parts, and JS builds its object (cheaper than JSON.parse building it); any other has
+/// `null` for its event and its whole text for data.
 fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
     if group.is_empty() {
         return;
@@ -240,41 +240,31 @@ fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
     batch.push('[');
     batch.push_str(itoa::Buffer::new().format(kind::MESSAGE));
     batch.push(',');
-    push_column(batch, group, |batch, message| {
+    batch.push_str(itoa::Buffer::new().format(group.len()));
+    for message in group.iter() {
+        batch.push(',');
         batch.push_str(itoa::Buffer::new().format(message.token));
-    });
-    batch.push(',');
-    push_column(batch, group, |batch, message| {
+    }
+    for message in group.iter() {
+        batch.push(',');
         batch.push_str(itoa::Buffer::new().format(message.slot));
-    });
-    batch.push(',');
-    push_column(batch, group, |batch, message| match &message.parts {
-        Some(parts) => batch.push_str(&message.text[parts.event.clone()]),
-        None => batch.push_str("null"),
-    });
-    batch.push(',');
-    push_column(batch, group, |batch, message| match &message.parts {
-        Some(parts) => batch.push_str(&message.text[parts.data.clone()]),
-        None => batch.push_str(&message.text),
-    });
-    batch.push(']');
-    group.clear();
-}
-
-/// One column of a message group: `[a,b,...]`, each element written by `element`.
-fn push_column(
-    batch: &mut String,
-    group: &[QueuedMessage],
-    element: impl Fn(&mut String, &QueuedMessage),
-) {
-    batch.push('[');
-    for (index, message) in group.iter().enumerate() {
-        if index > 0 {
-            batch.push(',');
+    }
+    for message in group.iter() {
+        batch.push(',');
+        match &message.parts {
+            Some(parts) => batch.push_str(&message.text[parts.event.clone()]),
+            None => batch.push_str("null"),
         }
-        element(batch, message);
+    }
+    for message in group.iter() {
+        batch.push(',');
+        match &message.parts {
+            Some(parts) => batch.push_str(&message.text[parts.data.clone()]),
+            None => batch.push_str(&message.text),
+        }
     }
     batch.push(']');
+    group.clear();
 }
 
 fn encode_notice(notice: &JsNotice<'_>) -> String {
@@ -855,19 +845,17 @@ mod tests {
             let answers: Vec<String> = rows
                 .iter()
                 .flat_map(|row| match row[0].as_u64() {
-                    // [4, [tokens], [slots], [events], [datas]]
-                    Some(4) => row[1]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .zip(row[3].as_array().unwrap())
-                        .zip(row[4].as_array().unwrap())
-                        .filter(|((_, event), data)| match event {
-                            Value::Null => data["event"] == "defer",
-                            event => *event == "defer",
-                        })
-                        .map(|((token, _), _)| format!("[{token},2,0]"))
-                        .collect(),
+                    // [4, n, tokens..., slots..., events..., datas...]
+                    Some(4) => {
+                        let n = row[1].as_u64().unwrap() as usize;
+                        (0..n)
+                            .filter(|i| match &row[2 + 2 * n + i] {
+                                Value::Null => row[2 + 3 * n + i]["event"] == "defer",
+                                event => *event == "defer",
+                            })
+                            .map(|i| format!("[{},2,0]", row[2 + i]))
+                            .collect()
+                    }
                     _ if row[1].as_u64() == Some(0) => vec![],
                     _ => vec![format!("[{},0,{}]", row[1], row[1])],
                 })
@@ -919,10 +907,7 @@ mod tests {
             message(9, 2, r#"{"event":"y","data":{"a":[1]}}"#),
         ];
         push_message_group(&mut batch, &mut group);
-        assert_eq!(
-            batch,
-            r#"[[4,[8,9],[0,2],[null,"y"],[{"event":"x"},{"a":[1]}]]"#
-        );
+        assert_eq!(batch, r#"[[4,2,8,9,0,2,null,"y",{"event":"x"},{"a":[1]}]"#);
         assert!(group.is_empty());
         push_message_group(
             &mut batch,
@@ -930,7 +915,7 @@ mod tests {
         );
         assert_eq!(
             batch,
-            r#"[[4,[8,9],[0,2],[null,"y"],[{"event":"x"},{"a":[1]}]],[4,[10],[1],["z"],[null]]"#
+            r#"[[4,2,8,9,0,2,null,"y",{"event":"x"},{"a":[1]}],[4,1,10,1,"z",null]"#
         );
         assert_eq!(
             encode_notice(&JsNotice::ClientDisconnected {
@@ -1025,7 +1010,7 @@ mod tests {
         assert!(!flow.has_credit(), "a deferred message stays charged");
         let batches = bridge.batches.lock().unwrap().clone();
         let rows: Vec<Vec<Value>> = serde_json::from_str(batches.last().unwrap()).unwrap();
-        let token = rows[0][1][0].as_u64().unwrap();
+        let token = rows[0][2].as_u64().unwrap();
         assert!(dispatcher.settle(token, Ok(Value::Null)));
         tokio::time::timeout(Duration::from_secs(1), flow.released())
             .await
@@ -1050,7 +1035,7 @@ mod tests {
         let sent = bridge.batches.lock().unwrap().concat();
         let named = sent.find(&format!(r#"[12,0,{first_slot},"a","u"]"#));
         let group = sent.find(&format!(
-            r#"[{first_slot},{second_slot}],["defer",null],[0,{{"event":"now"}}]]"#
+            r#"{first_slot},{second_slot},"defer",null,0,{{"event":"now"}}]"#
         ));
         assert!(named.is_some() && named < group, "{sent}");
 
@@ -1066,7 +1051,8 @@ mod tests {
         );
         let rows: Vec<Vec<Value>> =
             serde_json::from_str(&bridge.batches.lock().unwrap()[0]).unwrap();
-        let deferred = rows.iter().find(|row| row[0] == 4).unwrap()[1][0]
+        // The first message's token, in its row [4, n, tokens...].
+        let deferred = rows.iter().find(|row| row[0] == 4).unwrap()[2]
             .as_u64()
             .unwrap();
         assert!(dispatcher.settle(deferred, Ok(Value::Null)));

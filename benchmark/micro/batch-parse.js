@@ -1,5 +1,5 @@
 // What the JS thread spends per custom message on parsing a batch and calling the handler
-// (which stringifies a reply), for three batch layouts. No sockets, no addon.
+// (which stringifies a reply), for five batch layouts (the last is what src/dispatch.rs writes). No sockets, no addon.
 // Usage: taskset -c 0 node|bun benchmark/micro/batch-parse.js [messagesPerBatch]
 const PER_BATCH = Number(process.argv[2] ?? 35);
 const ROUNDS = 20_000;
@@ -63,6 +63,24 @@ function runSplitColumns(text) {
   }
 }
 
+// The same in one flat row per group: [4, n, ...tokens, ...slots, ...events, ...datas].
+const flatColumns = round => {
+  const tokens = ids.map((_, i) => round * PER_BATCH + i).join(',');
+  const slots = ids.map((_, i) => i).join(',');
+  const events = ids.map(() => '"echo"').join(',');
+  const datas = ids.map((_, i) => `{"t":${1_733_200_000_000_000 + i},"pad":"${'x'.repeat(64)}"}`).join(',');
+  return `[[4,${PER_BATCH},${tokens},${slots},${events},${datas}]]`;
+};
+function runFlatColumns(text) {
+  for (const row of JSON.parse(text)) {
+    const n = row[1];
+    for (let i = 0; i < n; i++) {
+      const sender = senders[row[2 + n + i]];
+      handler({ clientId: sender.clientId, userId: sender.userId, message: { event: row[2 + 2 * n + i], data: row[2 + 3 * n + i] } });
+    }
+  }
+}
+
 function measure(name, build, run) {
   const batches = Array.from({ length: 64 }, (_, round) => build(round));
   for (let round = 0; round < 2000; round++) {
@@ -81,6 +99,7 @@ for (let pass = 0; pass < 2; pass++) {
   measure('array per message, slot', slotRows, runSlotRows);
   measure('columns, slots', columns, runColumns);
   measure('columns, event and data split', splitColumns, runSplitColumns);
+  measure('one flat row, split', flatColumns, runFlatColumns);
 }
 if (sink === 0) {
   console.log('(nothing measured)');
