@@ -5,7 +5,7 @@
 //! keeps the application's callbacks, which the server calls in batches through one
 //! threadsafe function (see `dispatch`).
 //!
-//! Core modules (`protocol`, `frame`, `deflate`, `handshake`, `outbox`, `hub`, `dispatch`, `sender`,
+//! Core modules (`protocol`, `json_scan`, `frame`, `deflate`, `handshake`, `outbox`, `hub`, `dispatch`, `sender`,
 //! `connection`, `server`) take no napi types and are tested with `cargo test`; `js` is the
 //! thin napi layer.
 #![deny(clippy::all)]
@@ -22,6 +22,7 @@ pub mod hash;
 pub mod hub;
 #[cfg(feature = "addon")]
 pub mod js;
+pub mod json_scan;
 pub mod outbox;
 pub mod protocol;
 pub mod sender;

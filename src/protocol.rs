@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::hub::Encryption;
+use crate::json_scan;
 
 pub const EVENT_AUTHENTICATE: &str = "authenticate";
 pub const EVENT_CONNECTED: &str = "connected";
@@ -153,6 +154,24 @@ struct RoomsPayload {
 }
 
 pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, InboundError> {
+    // What clients send, a custom event then its data, in one pass (`json_scan`); anything
+    // else, system events included, through serde_json.
+    if let Some((event, data)) = json_scan::event_then_data(text) {
+        let name = &text[event.start + 1..event.end - 1];
+        if !matches!(
+            name,
+            "" | EVENT_HEARTBEAT | EVENT_AUTHENTICATE | EVENT_JOIN | EVENT_LEAVE
+        ) {
+            return Ok(Inbound::Custom {
+                event: Cow::Borrowed(name),
+                parts: Some(MessageParts { event, data }),
+            });
+        }
+    }
+    parse_inbound_generally(text)
+}
+
+fn parse_inbound_generally(text: &str) -> Result<Inbound<'_>, InboundError> {
     // Duplicate keys would be a serde error; JSON.parse keeps the last one. Both are
     // "some" interpretation of a malformed message, and we answer with the format error.
     let envelope: Envelope<'_> =
@@ -381,6 +400,43 @@ mod tests {
         ] {
             assert_eq!(parts(text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn the_one_pass_scan_classifies_as_serde_does() {
+        use crate::json_scan::testing::{mutate, random_value, Random};
+        const EVENTS: [&str; 9] = [
+            "\"chat\"",
+            "\"\"",
+            "\"heartbeat\"",
+            "\"join\"",
+            "\"leave\"",
+            "\"authenticate\"",
+            "\"say \\\"hi\\\"\"",
+            "\"é 中\"",
+            "null",
+        ];
+        let mut random = Random(0x2545_F491_4F6C_DD1D);
+        let mut scanned = 0;
+        for _ in 0..40_000 {
+            let mut data = String::new();
+            random_value(&mut random, 3, &mut data);
+            let event = EVENTS[random.below(EVENTS.len())];
+            let mut text = match random.below(6) {
+                0 => format!(r#"{{"data":{data},"event":{event}}}"#),
+                1 => format!(r#"{{"event":{event},"data":{data},"id":1}}"#),
+                2 => format!(r#"{{"event":{event}}}"#),
+                _ => format!(r#"{{"event":{event},"data":{data}}}"#),
+            };
+            mutate(&mut random, &mut text);
+            scanned += usize::from(crate::json_scan::event_then_data(&text).is_some());
+            assert_eq!(
+                parse_inbound(&text),
+                parse_inbound_generally(&text),
+                "{text:?}"
+            );
+        }
+        assert!(scanned > 5_000, "{scanned}");
     }
 
     #[test]

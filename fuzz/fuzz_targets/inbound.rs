@@ -81,7 +81,15 @@ fn route(text: &str) {
             // The raw `data` is spliced into a JSON array for JS: it must be valid JSON.
             assert!(serde_json::from_str::<serde_json::Value>(data).is_ok());
         }
-        Ok(Inbound::Custom { event }) => assert!(!event.is_empty()),
+        Ok(Inbound::Custom { event, parts }) => {
+            assert!(!event.is_empty());
+            // The parts are spliced into the batch JS parses in one piece: each must be JSON
+            // on its own, and the event the string it names.
+            if let Some(parts) = parts {
+                assert_eq!(serde_json::from_str::<String>(&text[parts.event]).unwrap(), event);
+                assert!(serde_json::from_str::<Box<serde_json::value::RawValue>>(&text[parts.data]).is_ok());
+            }
+        }
         Ok(_) | Err(_) => {}
     }
 }
