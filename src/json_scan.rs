@@ -15,7 +15,7 @@ use std::ops::Range;
 
 /// Levels of arrays and objects, the message's own object included; deeper data is left to
 /// serde_json (whose own limit is 128), which also keeps this scanner's recursion small.
-const MAX_DEPTH: u32 = 64;
+pub const MAX_DEPTH: u32 = 64;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
@@ -45,9 +45,8 @@ pub fn event_then_data(text: &str) -> Option<(Range<usize>, Range<usize>)> {
 }
 
 /// Whether `text` is one JSON value (surrounding whitespace allowed) that this scanner
-/// accepts; for tests, which compare it with serde_json.
-#[cfg(test)]
-fn is_json_value(text: &str) -> bool {
+/// accepts; for the tests and the fuzz target, which compare it with serde_json.
+pub fn is_json_value(text: &str) -> bool {
     let mut scanner = Scanner {
         bytes: text.as_bytes(),
         at: 0,
