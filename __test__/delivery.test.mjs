@@ -66,6 +66,18 @@ describe('local delivery and accessors', () => {
     assert.equal(await bob.next('raw').then(m => m.data), long);
     sendToClient(server.handle, bob.id, text);
     assert.equal(await bob.next('raw').then(m => m.data), 'é😀');
+    // Around the size read in one call (4,096 code units with the terminator), with a
+    // surrogate pair before, across and after that boundary.
+    const head = '{"event":"raw","data":"';
+    for (let length = 4093; length <= 4100; length++) {
+      for (const tail of ['x', '😀']) {
+        const message = `${head}${'y'.repeat(length - head.length - tail.length - 2)}${tail}"}`;
+        assert.equal(message.length, length);
+        sendToClient(server.handle, bob.id, message);
+        await bob.next('raw');
+        assert.equal(bob.texts.at(-1), message);
+      }
+    }
   });
 
   it('sendToUser reaches every session of the user', async () => {

@@ -26,6 +26,9 @@ const STACK_ID_LEN: usize = 64;
 /// The message buffer is kept between calls up to this many code units (256 KiB).
 const KEPT_MESSAGE_UNITS: usize = 128 * 1024;
 
+/// The message buffer's size at least (8 KiB), so most messages are read in one call.
+const FIRST_TRY_MESSAGE_UNITS: usize = 4 * 1024;
+
 thread_local! {
     /// The calling JS thread's buffer for a message's UTF-16.
     static MESSAGE_UNITS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
@@ -111,13 +114,17 @@ unsafe fn read_client_id<'a>(
     units: &mut [u16; STACK_ID_LEN + 1],
     bytes: &'a mut [u8; STACK_ID_LEN],
 ) -> Option<Cow<'a, str>> {
-    let len = unsafe { utf16_len(env, value) }?;
-    if len > STACK_ID_LEN {
-        let mut long_units = vec![0; len + 1];
-        let written = unsafe { write_utf16(env, value, &mut long_units) };
-        return Some(Cow::Owned(String::from_utf16_lossy(&long_units[..written])));
+    // Copied straight onto the stack; only an id that fills the buffer may be longer, and
+    // only then is its length asked for.
+    let written = unsafe { write_utf16(env, value, units) }?;
+    if written == STACK_ID_LEN {
+        let len = unsafe { utf16_len(env, value) }?;
+        if len > STACK_ID_LEN {
+            let mut long_units = vec![0; len + 1];
+            let written = unsafe { write_utf16(env, value, &mut long_units) }?;
+            return Some(Cow::Owned(String::from_utf16_lossy(&long_units[..written])));
+        }
     }
-    let written = unsafe { write_utf16(env, value, &mut units[..len + 1]) };
     let (units, bytes) = (&units[..written], &mut bytes[..written]);
     if narrow_ascii(units, bytes) {
         // ASCII is UTF-8.
@@ -129,13 +136,22 @@ unsafe fn read_client_id<'a>(
 /// A message's frame, read through the thread's reused buffer. `None` if the value is not a
 /// string.
 unsafe fn read_message(env: sys::napi_env, value: sys::napi_value) -> Option<OutboundText> {
-    let len = unsafe { utf16_len(env, value) }?;
     MESSAGE_UNITS.with_borrow_mut(|units| {
-        units.clear();
-        units.resize(len + 1, 0);
-        let written = unsafe { write_utf16(env, value, units) };
+        if units.len() < FIRST_TRY_MESSAGE_UNITS {
+            units.resize(FIRST_TRY_MESSAGE_UNITS, 0);
+        }
+        // Copied into the buffer as it is; only a message that fills it may be longer, and
+        // only then is its length asked for.
+        let mut written = unsafe { write_utf16(env, value, units) }?;
+        if written + 1 == units.len() {
+            let len = unsafe { utf16_len(env, value) }?;
+            if len > written {
+                units.resize(len + 1, 0);
+                written = unsafe { write_utf16(env, value, units) }?;
+            }
+        }
         let message = OutboundText::from_utf16(&units[..written]);
-        if units.capacity() > KEPT_MESSAGE_UNITS {
+        if units.len() > KEPT_MESSAGE_UNITS {
             *units = Vec::new();
         }
         Some(message)
@@ -150,19 +166,19 @@ unsafe fn utf16_len(env: sys::napi_env, value: sys::napi_value) -> Option<usize>
     (status == sys::Status::napi_ok).then_some(len)
 }
 
-/// Copies a JS string's UTF-16 into `place` (its length plus one, for the terminator
-/// Node-API writes); returns the code units written, terminator not counted (0 if the value
-/// is not a string).
-unsafe fn write_utf16(env: sys::napi_env, value: sys::napi_value, place: &mut [u16]) -> usize {
+/// Copies a JS string's UTF-16 into `place`, at most `place.len() - 1` code units (Node-API
+/// writes a terminator after them); returns the code units written, terminator not
+/// counted. `None` if the value is not a string.
+unsafe fn write_utf16(
+    env: sys::napi_env,
+    value: sys::napi_value,
+    place: &mut [u16],
+) -> Option<usize> {
     let mut written = 0;
     let status = unsafe {
         sys::napi_get_value_string_utf16(env, value, place.as_mut_ptr(), place.len(), &mut written)
     };
-    if status == sys::Status::napi_ok {
-        written
-    } else {
-        0
-    }
+    (status == sys::Status::napi_ok).then_some(written)
 }
 
 fn throw_type_error(env: sys::napi_env, message: &std::ffi::CStr) -> sys::napi_value {
