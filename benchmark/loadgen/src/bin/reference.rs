@@ -9,7 +9,15 @@
 //! tokio-tungstenite, and every send is one `write(2)` of a frame built once, on each
 //! recipient's descriptor, the same system call per delivery that every implementation pays.
 //!
-//! Usage: reference (prints `READY <port> <pid>` like the other benchmark servers)
+//! `--hand-off` answers `echo` the way this package's design has to, still without JS: the
+//! reading thread (SCHED_BATCH, as the addon's I/O threads) queues each message for a second
+//! thread and, once the other connections that have a message in hand have queued theirs
+//! (one scheduler pass, as the addon's dispatcher waits), wakes it through an eventfd (as a
+//! threadsafe function's `uv_async_send` does); that thread builds and writes the replies. The difference to the
+//! one-thread reference is what handing a message to another thread and back costs.
+//!
+//! Usage: reference [--idle-thread | --hand-off] (prints `READY <port> <pid>` like the other
+//! benchmark servers)
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +26,7 @@ use std::mem::ManuallyDrop;
 use std::net::TcpStream as StdStream;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -74,7 +83,73 @@ fn event_frame(event: &str, data: &serde_json::Value) -> Vec<u8> {
     frame(&serde_json::json!({ "event": event, "data": data }).to_string())
 }
 
-async fn serve(tcp: tokio::net::TcpStream, registry: Rc<RefCell<Registry>>) {
+/// `--hand-off`: echo messages waiting for the replying thread.
+struct HandOff {
+    queue: Mutex<Vec<(RawFd, serde_json::Value)>>,
+    /// Tells the reading thread's waker task that the queue stopped being empty.
+    queued: tokio::sync::Notify,
+    /// An eventfd: written by the waker task, read by the replying thread.
+    wake: RawFd,
+}
+
+impl HandOff {
+    fn start() -> Arc<HandOff> {
+        // SAFETY: plain system call; the descriptor lives as long as the process.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(wake >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        let hand_off = Arc::new(HandOff {
+            queue: Mutex::default(),
+            queued: tokio::sync::Notify::new(),
+            wake,
+        });
+        let replier = hand_off.clone();
+        std::thread::spawn(move || replier.reply_forever());
+        hand_off
+    }
+
+    fn push(&self, fd: RawFd, data: serde_json::Value) {
+        let mut queue = self.queue.lock().unwrap();
+        let was_empty = queue.is_empty();
+        queue.push((fd, data));
+        drop(queue);
+        if was_empty {
+            self.queued.notify_one();
+        }
+    }
+
+    /// The reading thread's waker task: lets every connection task that is already runnable
+    /// queue its message, then wakes the replying thread once for all of them.
+    async fn wake_replier(self: Arc<Self>) {
+        loop {
+            self.queued.notified().await;
+            tokio::task::yield_now().await;
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// The replying thread. A connection that closes while its reply waits may have its
+    /// descriptor reused before the write: acceptable for a measuring stick whose load keeps
+    /// every connection open, not for a server.
+    fn reply_forever(&self) {
+        loop {
+            let mut count = 0u64;
+            // SAFETY: reads 8 bytes into a live u64 from our eventfd (blocks until written).
+            unsafe { libc::read(self.wake, (&mut count as *mut u64).cast(), 8) };
+            let batch = std::mem::take(&mut *self.queue.lock().unwrap());
+            for (fd, data) in batch {
+                write_to(fd, &event_frame("echo", &data));
+            }
+        }
+    }
+}
+
+async fn serve(
+    tcp: tokio::net::TcpStream,
+    registry: Rc<RefCell<Registry>>,
+    hand_off: Option<Arc<HandOff>>,
+) {
     let _ = tcp.set_nodelay(true);
     let fd = tcp.as_raw_fd();
     // tungstenite zeroes its read buffer (128 KB by default) before each read; the messages
@@ -108,7 +183,10 @@ async fn serve(tcp: tokio::net::TcpStream, registry: Rc<RefCell<Registry>>) {
                     }
                 }
             }
-            "echo" => write_to(fd, &event_frame("echo", data)),
+            "echo" => match &hand_off {
+                Some(hand_off) => hand_off.push(fd, data.clone()),
+                None => write_to(fd, &event_frame("echo", data)),
+            },
             "bench:broadcast" => {
                 let bytes = event_frame("tick", data);
                 for &member in &registry.borrow().all {
@@ -138,6 +216,14 @@ fn main() {
             std::thread::park();
         });
     }
+    let hand_off = std::env::args().any(|arg| arg == "--hand-off").then(|| {
+        let hand_off = HandOff::start();
+        // The reading thread does not preempt the replying one when a packet wakes it.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain system call on the calling thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        hand_off
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,11 +234,14 @@ fn main() {
         println!("READY {port} {}", std::process::id());
         let _ = std::io::stdout().flush();
         let registry = Rc::new(RefCell::new(Registry::default()));
+        if let Some(hand_off) = &hand_off {
+            tokio::task::spawn_local(hand_off.clone().wake_replier());
+        }
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            tokio::task::spawn_local(serve(tcp, registry.clone()));
+            tokio::task::spawn_local(serve(tcp, registry.clone(), hand_off.clone()));
         }
     });
 }
