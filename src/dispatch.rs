@@ -236,6 +236,10 @@ fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
     if group.is_empty() {
         return;
     }
+    // Room for the whole row at once (a token has at most 20 digits, a slot 10, and each
+    // message four commas), so a large group does not grow the batch step by step.
+    let row_len: usize = group.iter().map(|m| m.text.len() + 34).sum();
+    batch.reserve(row_len + 16);
     batch.push(if batch.is_empty() { '[' } else { ',' });
     batch.push('[');
     batch.push_str(itoa::Buffer::new().format(kind::MESSAGE));
@@ -689,7 +693,7 @@ impl Dispatcher {
             }
             let mut batch = String::with_capacity(256);
             let mut flushes = Vec::new();
-            let mut messages = Vec::new();
+            let mut messages = Vec::with_capacity(items.len());
             let mut logs = 0;
             for item in items.drain(..) {
                 if !matches!(item, Item::Message(_)) {

@@ -143,8 +143,7 @@ pub fn decode_frame(
         buf[offset + 3],
     ];
     offset += 4;
-    let mut payload = buf[offset..offset + length].to_vec();
-    unmask(&mut payload, mask);
+    let payload = unmasked(&buf[offset..offset + length], mask);
     Ok(Some((
         Frame {
             fin,
@@ -156,16 +155,21 @@ pub fn decode_frame(
     )))
 }
 
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    let mask_word = u32::from_ne_bytes(mask);
-    let mut chunks = payload.chunks_exact_mut(4);
-    for chunk in &mut chunks {
-        let word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ mask_word;
-        chunk.copy_from_slice(&word.to_ne_bytes());
+/// The payload unmasked into a new buffer, eight bytes at a time.
+fn unmasked(masked: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut payload = masked.to_vec();
+    let [m0, m1, m2, m3] = mask;
+    let mask_word = u64::from_ne_bytes([m0, m1, m2, m3, m0, m1, m2, m3]);
+    let mut words = payload.chunks_exact_mut(8);
+    for word in &mut words {
+        let unmasked = u64::from_ne_bytes((&*word).try_into().expect("eight bytes")) ^ mask_word;
+        word.copy_from_slice(&unmasked.to_ne_bytes());
     }
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= mask[i];
+    // The rest starts at a multiple of eight, so the mask starts over with its first byte.
+    for (byte, mask_byte) in words.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= mask_byte;
     }
+    payload
 }
 
 /// A complete data message, reassembled from its fragments.
@@ -522,6 +526,20 @@ pub fn close_code_of(payload: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmasking_matches_the_byte_by_byte_rule_at_every_length() {
+        let mask = [0x12, 0x9a, 0x00, 0xff];
+        for len in 0..40 {
+            let masked: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let expected: Vec<u8> = masked
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[i % 4])
+                .collect();
+            assert_eq!(unmasked(&masked, mask), expected, "length {len}");
+        }
+    }
 
     /// A masked client frame, as a browser would send it.
     pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
