@@ -490,6 +490,12 @@ enum Flow {
     Stop,
 }
 
+/// What became of a frame: done with, or a message whose routing has to wait.
+enum Handled {
+    Done(Flow),
+    Route(String),
+}
+
 /// What ended an idle connection's wait.
 enum Wake {
     Readable(std::io::Result<()>),
@@ -611,11 +617,17 @@ impl Session {
                         continue;
                     }
                 };
-            // Boxed: what handling a message awaits (callbacks, JS credit) would otherwise be
-            // part of every connection task, idle ones included; one allocation per message.
-            if let Flow::Stop = Box::pin(self.handle_frame(decoded)).await {
-                break Flow::Stop;
-            }
+            let text = match self.handle_frame(decoded) {
+                Handled::Done(Flow::Continue) => continue,
+                Handled::Done(Flow::Stop) => break Flow::Stop,
+                Handled::Route(text) => text,
+            };
+            // Boxed: what routing a message may await (callbacks, JS credit) would otherwise
+            // be part of every connection task, idle ones included. Most messages need no
+            // wait and no allocation for it. (Bound first: a `match` would keep its
+            // scrutinee in the task across the await.)
+            let routing = Box::pin(self.route(text));
+            routing.await;
         };
         self.buffer.drain(..consumed);
         if self.buffer.is_empty() {
@@ -638,7 +650,7 @@ impl Session {
         self.close(error.close_code(), error.reason());
     }
 
-    async fn handle_frame(&mut self, decoded: frame::Frame) -> Flow {
+    fn handle_frame(&mut self, decoded: frame::Frame) -> Handled {
         match decoded.opcode {
             frame::OP_CLOSE => {
                 // Either the answer to our close or the peer closing: answer with its code.
@@ -650,16 +662,16 @@ impl Session {
                     };
                     self.handle.close(code, "");
                 }
-                return Flow::Stop;
+                return Handled::Done(Flow::Stop);
             }
             frame::OP_PING => {
                 if !self.closing {
                     self.handle
                         .send(&frame::encode_frame(frame::OP_PONG, &decoded.payload));
                 }
-                return Flow::Continue;
+                return Handled::Done(Flow::Continue);
             }
-            frame::OP_PONG => return Flow::Continue,
+            frame::OP_PONG => return Handled::Done(Flow::Continue),
             _ => {}
         }
         let message = match self
@@ -667,29 +679,59 @@ impl Session {
             .push(decoded, self.core.config.max_payload_length)
         {
             Ok(Some(message)) => message,
-            Ok(None) => return Flow::Continue,
+            Ok(None) => return Handled::Done(Flow::Continue),
             Err(error) => {
                 self.framing_error(error);
-                return Flow::Continue;
+                return Handled::Done(Flow::Continue);
             }
         };
         if self.closing {
             // Closing: messages that crossed our close frame are not routed.
-            return Flow::Continue;
+            return Handled::Done(Flow::Continue);
         }
         self.handle.touch(now_ms());
-        match message {
-            DataMessage::Text(text) => self.route(text).await,
+        let text = match message {
+            DataMessage::Text(text) => text,
             // Binary frames are read as UTF-8 JSON text, as the TypeScript helper does.
             DataMessage::Binary(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => self.route(text).await,
-                Err(_) => self.send_error(protocol::ERR_INVALID_FORMAT),
+                Ok(text) => text,
+                Err(_) => {
+                    self.send_error(protocol::ERR_INVALID_FORMAT);
+                    return Handled::Done(Flow::Continue);
+                }
             },
+        };
+        match self.route_now(text) {
+            Some(text) => Handled::Route(text),
+            None => Handled::Done(Flow::Continue),
         }
-        Flow::Continue
     }
 
-    /// Owns the text so a custom message moves on to JS without a copy.
+    /// Routes a message that needs no waiting: a heartbeat, an invalid or unauthenticated
+    /// message, a custom message while the connection's credit with JS lasts. Hands the text
+    /// back when routing it has to wait ([`Session::route`], which reads it again).
+    fn route_now(&mut self, text: String) -> Option<String> {
+        let parts = match protocol::parse_inbound(&text) {
+            Ok(Inbound::Heartbeat) => return None,
+            Ok(Inbound::Custom { parts, .. }) if self.authenticated => parts,
+            // Errors, authentication, rooms, and custom messages before authentication.
+            _ => return Some(text),
+        };
+        if !self.core.config.has_message_handler
+            || !self
+                .message_flow
+                .as_ref()
+                .is_none_or(|flow| flow.has_credit())
+        {
+            return Some(text);
+        }
+        self.hand_to_js(text, parts);
+        None
+    }
+
+    /// Routes a message whose handling may wait (authentication, rooms, a custom message
+    /// past the connection's credit). Owns the text so a custom message moves on to JS
+    /// without a copy.
     async fn route(&mut self, text: String) {
         let inbound = match protocol::parse_inbound(&text) {
             Ok(inbound) => inbound,
@@ -1088,6 +1130,11 @@ impl Session {
         if !self.wait_for_messages(MessageFlow::has_credit).await {
             return;
         }
+        self.hand_to_js(text, parts);
+    }
+
+    /// Hands a custom message to `messageHandler`, charging the connection's credit.
+    fn hand_to_js(&mut self, text: String, parts: Option<MessageParts>) {
         let (dispatcher, id) = (&self.core.dispatcher, &self.handle.id);
         let user_id = self.user_id.as_deref();
         let flow = self
