@@ -1,7 +1,7 @@
 // Runs every benchmark scenario against this package on Node, on Bun, and against the
 // TypeScript helper on Bun; alternates the implementations within each repetition; writes
 // benchmark/RESULTS.md. Usage: node benchmark/run.mjs [--quick] [--reps N] [--only a,b] [--out NAME.md]
-//   [--impls ts,node,bun,ref,ref2,refh] [--variant ENV=VALUE] [--report-from results.json]
+//   [--impls ts,node,bun,ref,ref2,refh,refe] [--variant ENV=VALUE] [--report-from results.json]
 //
 // The server is pinned to core 0 and the load generator to core 1 (taskset). Server CPU
 // time comes from /proc/<pid>/stat, sampled when the load generator enters and leaves its
@@ -118,6 +118,9 @@ const IMPLEMENTATIONS = [
   // Echo answered the way this package's design must: the reading thread hands each message
   // to a second thread, which replies; still no JS. What the hand-off alone costs.
   { name: 'reference, hand-off', key: 'refh', command: () => [referenceServer, '--hand-off'], scenarios: ['echo', 'echo-200'] },
+  // The same with its reading thread on a bare epoll loop instead of tokio: the design's floor
+  // with the lightest reader.
+  { name: 'reference, hand-off, epoll', key: 'refe', command: () => [referenceServer, '--hand-off', '--epoll'], scenarios: ['echo', 'echo-200'] },
 ];
 // `--impls ts,node,...`: only these implementations (keys as in results.json).
 if (args.includes('--impls')) {
@@ -445,7 +448,7 @@ function report(info, results, unpinned) {
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${repetitions} repetition(s), implementations alternated; medians with (min–max).`);
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run. "CPU ratio vs ts" divides the medians; "paired by repetition" divides each repetition\'s CPU/unit by the helper\'s in the same repetition (run back to back, so the machine\'s drift between repetitions cancels) and gives the median (min–max) of those ratios.');
-  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor). "reference, 2 threads" is the same server with a second thread that never runs, which makes the process multi-threaded as every Node or Bun process is (fan-out and rooms only). "reference, hand-off" answers echo as this package\'s design must, still without JS: its reading thread queues each message for a second thread and wakes it (an eventfd, as a threadsafe function does), and that thread writes the reply (echo only).');
+  out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor). "reference, 2 threads" is the same server with a second thread that never runs, which makes the process multi-threaded as every Node or Bun process is (fan-out and rooms only). "reference, hand-off" answers echo as this package\'s design must, still without JS: its reading thread queues each message for a second thread and wakes it (an eventfd, as a threadsafe function does), and that thread writes the reply; "reference, hand-off, epoll" is the same with its reading thread on a bare epoll loop instead of tokio (echo only).');
   out.push('- "RSS/conn" (connect) is the growth of the server\'s resident memory from before the first connection to all connections idle, per connection, read after the connections have been idle for 2 s (a garbage-collected runtime frees the connection burst\'s garbage within about a second); "anon RSS/conn" counts anonymous memory only (RssAnon), leaving out the pages of the runtime\'s own binary that are first read in while connections are served (file-backed code, read once: 2–5 MB here, more for Bun\'s binary than for Node\'s).');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
   for (const [name, byImpl] of Object.entries(results)) {

@@ -13,11 +13,13 @@
 //! reading thread (SCHED_BATCH, as the addon's I/O threads) queues each message for a second
 //! thread and, once the other connections that have a message in hand have queued theirs
 //! (one scheduler pass, as the addon's dispatcher waits), wakes it through an eventfd (as a
-//! threadsafe function's `uv_async_send` does); that thread builds and writes the replies. The difference to the
-//! one-thread reference is what handing a message to another thread and back costs.
+//! threadsafe function's `uv_async_send` does); that thread builds and writes the replies.
+//! The difference to the one-thread reference is what handing a message to another thread
+//! and back costs. `--hand-off --epoll` reads on a bare epoll loop instead of tokio (echo
+//! only): the same design with the lightest reading thread.
 //!
-//! Usage: reference [--idle-thread | --hand-off] (prints `READY <port> <pid>` like the other
-//! benchmark servers)
+//! Usage: reference [--idle-thread | --hand-off [--epoll]] (prints `READY <port> <pid>` like
+//! the other benchmark servers)
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -107,14 +109,18 @@ impl HandOff {
         hand_off
     }
 
-    fn push(&self, fd: RawFd, data: serde_json::Value) {
+    /// Queues a reply; true when the queue was empty (the replying thread needs waking).
+    fn push(&self, fd: RawFd, data: serde_json::Value) -> bool {
         let mut queue = self.queue.lock().unwrap();
         let was_empty = queue.is_empty();
         queue.push((fd, data));
-        drop(queue);
-        if was_empty {
-            self.queued.notify_one();
-        }
+        was_empty
+    }
+
+    fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
     }
 
     /// The reading thread's waker task: lets every connection task that is already runnable
@@ -123,9 +129,7 @@ impl HandOff {
         loop {
             self.queued.notified().await;
             tokio::task::yield_now().await;
-            let one = 1u64;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+            self.wake();
         }
     }
 
@@ -184,7 +188,11 @@ async fn serve(
                 }
             }
             "echo" => match &hand_off {
-                Some(hand_off) => hand_off.push(fd, data.clone()),
+                Some(hand_off) => {
+                    if hand_off.push(fd, data.clone()) {
+                        hand_off.queued.notify_one();
+                    }
+                }
                 None => write_to(fd, &event_frame("echo", data)),
             },
             "bench:broadcast" => {
@@ -207,6 +215,177 @@ async fn serve(
     registry.borrow_mut().remove(fd);
 }
 
+/// `--hand-off --epoll`: the same hand-off with the lightest reading thread this file can
+/// make, to see where the design's floor is without tokio: one `epoll_wait` for all
+/// connections (level-triggered), one `read` per ready connection into a shared buffer,
+/// frames parsed in place, and one wake of the replying thread per `epoll_wait` that queued
+/// something. Echo only (`authenticate` and `echo`); no fragments, no limits.
+fn serve_with_epoll(listener: std::net::TcpListener, hand_off: Arc<HandOff>) {
+    use std::io::{ErrorKind, Read};
+
+    struct Connection {
+        stream: StdStream,
+        /// Bytes of an incomplete request or frame, kept between reads.
+        pending: Vec<u8>,
+        upgraded: bool,
+    }
+
+    fn watch(epoll: RawFd, fd: RawFd) {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: plain system call with a live event.
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
+    }
+
+    /// Answers the upgrade request at the start of `input`; returns the bytes it used.
+    fn upgrade(stream: &StdStream, input: &[u8]) -> Option<usize> {
+        let end = input.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let request = std::str::from_utf8(&input[..end]).ok()?;
+        let key = request.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim())
+        })?;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let _ = (&*stream).write_all(response.as_bytes());
+        Some(end)
+    }
+
+    /// Handles every complete frame at the start of `input`; returns the bytes it used and
+    /// whether the replying thread needs waking (a reply went into an empty queue).
+    fn frames(fd: RawFd, input: &[u8], hand_off: &HandOff) -> (usize, bool) {
+        let (mut used, mut needs_wake) = (0, false);
+        loop {
+            let rest = &input[used..];
+            if rest.len() < 2 {
+                break;
+            }
+            let (length, header) = match rest[1] & 0x7F {
+                126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 if rest.len() >= 10 => (
+                    u64::from_be_bytes(rest[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                short => (short as usize, 2),
+            };
+            if rest.len() < header + 4 + length {
+                break;
+            }
+            let mask = &rest[header..header + 4];
+            let payload: Vec<u8> = rest[header + 4..header + 4 + length]
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[i % 4])
+                .collect();
+            used += header + 4 + length;
+            if rest[0] & 0x0F != 1 {
+                continue;
+            }
+            let Ok(message) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+                continue;
+            };
+            match message["event"].as_str().unwrap_or_default() {
+                "authenticate" => write_to(
+                    fd,
+                    &event_frame(
+                        "connected",
+                        &serde_json::json!({ "id": format!("reference-{fd}") }),
+                    ),
+                ),
+                "echo" => needs_wake |= hand_off.push(fd, message["data"].clone()),
+                _ => {}
+            }
+        }
+        (used, needs_wake)
+    }
+
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let listening = listener.as_raw_fd();
+    // SAFETY: plain system call; the descriptor lives as long as the process.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        epoll >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    watch(epoll, listening);
+    let mut connections: HashMap<RawFd, Connection> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `events` is valid for its length.
+        let ready =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, -1) };
+        let mut wake = false;
+        for event in &events[..ready.max(0) as usize] {
+            let fd = event.u64 as RawFd;
+            if fd == listening {
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.set_nodelay(true);
+                    watch(epoll, stream.as_raw_fd());
+                    let connection = Connection {
+                        stream,
+                        pending: Vec::new(),
+                        upgraded: false,
+                    };
+                    connections.insert(connection.stream.as_raw_fd(), connection);
+                }
+                continue;
+            }
+            let Some(connection) = connections.get_mut(&fd) else {
+                continue;
+            };
+            let read = match (&connection.stream).read(&mut buffer) {
+                Ok(0) => None,
+                Ok(read) => Some(read),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+                Err(_) => None,
+            };
+            let Some(read) = read else {
+                // SAFETY: plain system call; the connection's stream closes the descriptor.
+                unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+                connections.remove(&fd);
+                continue;
+            };
+            // The common case reads whole frames and parses them where they landed.
+            let mut input = &buffer[..read];
+            if !connection.pending.is_empty() {
+                connection.pending.extend_from_slice(input);
+                input = &connection.pending;
+            }
+            let mut used = 0;
+            if !connection.upgraded {
+                match upgrade(&connection.stream, input) {
+                    Some(request) => {
+                        connection.upgraded = true;
+                        used = request;
+                    }
+                    None => used = 0,
+                }
+            }
+            if connection.upgraded {
+                let (frames_used, needs_wake) = frames(fd, &input[used..], &hand_off);
+                used += frames_used;
+                wake |= needs_wake;
+            }
+            let left = input[used..].to_vec();
+            connection.pending = left;
+        }
+        if wake {
+            hand_off.wake();
+        }
+    }
+}
+
 fn main() {
     // `--idle-thread`: a second thread that never runs makes the process multi-threaded, as
     // every Node or Bun process is; the kernel then takes a reference on a socket's file for
@@ -224,6 +403,17 @@ fn main() {
         unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
         hand_off
     });
+    if let Some(hand_off) = hand_off
+        .clone()
+        .filter(|_| std::env::args().any(|arg| arg == "--epoll"))
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        println!("READY {port} {}", std::process::id());
+        let _ = std::io::stdout().flush();
+        serve_with_epoll(listener, hand_off);
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
