@@ -707,9 +707,9 @@ impl Session {
         }
     }
 
-    /// Routes a message that needs no waiting: a heartbeat, an invalid or unauthenticated
-    /// message, a custom message while the connection's credit with JS lasts. Hands the text
-    /// back when routing it has to wait ([`Session::route`], which reads it again).
+    /// Routes the common messages, which need no waiting: heartbeats, and custom messages
+    /// while the connection's credit with JS lasts. Hands every other text back for
+    /// [`Session::route`], which reads it again.
     fn route_now(&mut self, text: String) -> Option<String> {
         let parts = match protocol::parse_inbound(&text) {
             Ok(Inbound::Heartbeat) => return None,

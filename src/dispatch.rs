@@ -236,9 +236,10 @@ fn push_message_group(batch: &mut String, group: &mut Vec<QueuedMessage>) {
     if group.is_empty() {
         return;
     }
-    // Room for the whole row at once (a token has at most 20 digits, a slot 10, and each
-    // message four commas), so a large group does not grow the batch step by step.
-    let row_len: usize = group.iter().map(|m| m.text.len() + 34).sum();
+    // Room for the whole row at once (a token has at most 20 digits, a slot 10, an absent
+    // event is `null`, and each message has four commas), so a large group does not grow
+    // the batch step by step.
+    let row_len: usize = group.iter().map(|m| m.text.len() + 38).sum();
     batch.reserve(row_len + 16);
     batch.push(if batch.is_empty() { '[' } else { ',' });
     batch.push('[');
