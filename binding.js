@@ -842,6 +842,7 @@ module.exports.hasClient = nativeBinding.hasClient
 module.exports.hasRoom = nativeBinding.hasRoom
 module.exports.publish = nativeBinding.publish
 module.exports.rawSendToClient = nativeBinding.rawSendToClient
+module.exports.rawSendToSender = nativeBinding.rawSendToSender
 module.exports.sendToRoom = nativeBinding.sendToRoom
 module.exports.sendToUser = nativeBinding.sendToUser
 module.exports.sendTransformed = nativeBinding.sendTransformed

@@ -127,6 +127,85 @@ describe('message routing', () => {
     assert.equal(handled.length, 12);
   });
 
+  it("replies reach each message's sender, and sends to others reach them, while connections come, go and are replaced", async () => {
+    // A reply to the sender goes by the message's slot, a send to anyone else by id; after
+    // an await the handler's sends go by id again.
+    let server;
+    let release;
+    const held = new Promise(resolve => (release = resolve));
+    const lateSends = [];
+    server = await start({
+      messageHandler: ({ clientId, message }) => {
+        const { n, other } = message.data;
+        const reply = () => server.sendToClient({ clientId, event: 'reply', data: n });
+        const copy = () => server.sendToClient({ clientId: other, event: 'copy', data: n });
+        if (n % 2 === 0) {
+          reply();
+          copy();
+        } else {
+          copy();
+          reply();
+        }
+        if (n === 0) {
+          // Pending past its client's disconnect; its send then reaches nobody.
+          return held.then(() => lateSends.push(server.sendToClient({ clientId, event: 'late', data: n })));
+        }
+        if (n % 3 === 1) {
+          return sleep(5).then(() => server.sendToClient({ clientId, event: 'later', data: n }));
+        }
+        return undefined;
+      },
+    });
+    let n = 0;
+    for (let round = 0; round < 4; round++) {
+      const clients = [];
+      for (let i = 0; i < 3; i++) {
+        clients.push(await authenticatedClient(server));
+      }
+      const sent = clients.map((client, i) => {
+        const data = { n: n++, other: clients[(i + 1) % 3].id };
+        client.send({ event: 'm', data });
+        return data.n;
+      });
+      for (const [i, client] of clients.entries()) {
+        assert.equal((await client.next('reply')).data, sent[i], `round ${round}, client ${i}`);
+        assert.equal((await client.next('copy')).data, sent[(i + 2) % 3], `round ${round}, client ${i}`);
+        if (sent[i] % 3 === 1) {
+          assert.equal((await client.next('later')).data, sent[i]);
+        }
+        assert.ok(await client.nothing(message => ['reply', 'copy'].includes(message.event), 50));
+      }
+      // Gone before the next round connects, so the next round's connections reuse what
+      // these had (the first one's message is still in its handler).
+      await Promise.all(clients.map(client => client.close()));
+      await waitUntil(() => server.getClients().size === 0);
+    }
+    release();
+    await waitUntil(() => lateSends.length === 1);
+  });
+
+  it("a send outside messageHandler goes by id, even to a past sender whose slot Rust gave to another", async () => {
+    const handled = [];
+    const server = await start({ messageHandler: ({ message }) => void handled.push(message.event) });
+    const first = await authenticatedClient(server);
+    first.send({ event: 'from-first' });
+    await waitUntil(() => handled.length === 1);
+    await first.close();
+    await waitUntil(() => server.getClients().size === 0);
+    const second = await authenticatedClient(server);
+    second.send({ event: 'from-second' });
+    // JS is kept busy while the server reads that message and gives the second client the
+    // first one's message slot; the send below runs before JS handles the message.
+    const until = Date.now() + 150;
+    while (Date.now() < until) {
+      // busy
+    }
+    server.sendToClient({ clientId: first.id, event: 'for-first' });
+    await waitUntil(() => handled.length === 2);
+    assert.ok(await second.nothing('for-first'));
+    second.close();
+  });
+
   it('handles the messages of one connection in arrival order, even with async handlers', async () => {
     const order = [];
     const server = await start({

@@ -112,6 +112,14 @@ class CallbackDispatcher {
     this.pendingAuth = new Map();
     /** Message slot -> `{ clientId, userId }` of the connection that sends with it. */
     this.senders = [];
+    /**
+     * While messageHandler runs (its synchronous part), the id and message slot of the
+     * message's sender: lib/server.js sends a reply to that id by the slot, which Rust maps
+     * to the connection without reading and hashing the id. The slot is still the sender's
+     * then (Rust reuses one only once JS is done with its messages).
+     */
+    this.replyClientId = undefined;
+    this.replySlot = 0;
     /** (token, failed, valueText) => boolean: hands Rust a late outcome; set by `attach`. */
     this.settle = () => false;
     this.dispatch = this.dispatch.bind(this);
@@ -211,7 +219,7 @@ class CallbackDispatcher {
             const event = call[i + 2 * n];
             const data = call[i + 3 * n];
             const message = event === null ? data : { event, data };
-            this.message(call[i], sender.clientId, sender.userId, message, answers);
+            this.message(call[i], slot, sender.clientId, sender.userId, message, answers);
           }
         }
         return;
@@ -266,14 +274,14 @@ class CallbackDispatcher {
     }
   }
 
-  message(token, clientId, userId, message, answers) {
+  message(token, slot, clientId, userId, message, answers) {
     // Most applications' handlers are synchronous: then nothing is ever held, and the
     // lookup (hashing a 36-character id) is skipped.
     const held = this.heldMessages.size === 0 ? undefined : this.heldMessages.get(clientId);
     if (held) {
-      held.push([token, userId, message]);
+      held.push([token, slot, userId, message]);
       answers.push([token, DEFERRED, 0]);
-    } else if (this.runMessage(token, clientId, userId, message)) {
+    } else if (this.runMessage(token, slot, clientId, userId, message)) {
       this.heldMessages.set(clientId, []);
       answers.push([token, DEFERRED, 0]);
     }
@@ -283,13 +291,21 @@ class CallbackDispatcher {
    * Runs messageHandler for one message. True when it returned a Promise: the client's later
    * messages are then held until it settles or callbackTimeout passes.
    */
-  runMessage(token, clientId, userId, message) {
+  runMessage(token, slot, clientId, userId, message) {
     let result;
+    // Restored after, not cleared: correct even if a handler's synchronous part ever ran
+    // another's.
+    const { replyClientId, replySlot } = this;
+    this.replyClientId = clientId;
+    this.replySlot = slot;
     try {
       result = this.callbacks.messageHandler({ clientId, userId: userId ?? undefined, message });
     } catch (error) {
       this.reportMessageError(clientId, error);
       return false;
+    } finally {
+      this.replyClientId = replyClientId;
+      this.replySlot = replySlot;
     }
     if (!isThenable(result)) {
       return false;
@@ -325,8 +341,8 @@ class CallbackDispatcher {
   releaseHeld(clientId) {
     const held = this.heldMessages.get(clientId) ?? [];
     while (held.length > 0) {
-      const [token, userId, message] = held.shift();
-      if (this.runMessage(token, clientId, userId, message)) {
+      const [token, slot, userId, message] = held.shift();
+      if (this.runMessage(token, slot, clientId, userId, message)) {
         return;
       }
       this.settle(token, false, 'null');

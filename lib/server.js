@@ -10,8 +10,10 @@ const { randomUUID } = require('node:crypto');
 const binding = require('../binding.js');
 
 const { NativeServer } = binding;
-// sendToClient, once per reply, as a plain Node-API function (src/js/raw_calls.rs).
+// sendToClient, once per reply, as plain Node-API functions (src/js/raw_calls.rs): to a
+// client id, and to the sender of the message being handled, by its message slot.
 const sendToClientNow = binding.rawSendToClient();
+const sendToSenderNow = binding.rawSendToSender();
 const { WebSocketChannels, WebSocketMessageTypes } = require('./constants');
 const { CallbackDispatcher } = require('./dispatch');
 const { createLogger } = require('./logger');
@@ -56,6 +58,8 @@ class WebSocketServerHelper {
     /** clientId -> metadata returned by authenticateFn, kept with identity intact. */
     this.metadata = new Map();
     this.native = null;
+    /** The CallbackDispatcher running this server's callbacks. */
+    this.dispatcher = null;
     /** `this.native.handle()`, which the per-message binding functions take. */
     this.handle = null;
     this.port = undefined;
@@ -99,6 +103,7 @@ class WebSocketServerHelper {
     dispatcher.attach((token, failed, value) => binding.settle(handle, token, failed, value));
     this.port = native.listen();
     this.native = native;
+    this.dispatcher = dispatcher;
     this.handle = handle;
     if (this.redis && !(await native.redisReady(redisReadyTimeout))) {
       await native.shutdown();
@@ -177,7 +182,13 @@ class WebSocketServerHelper {
   sendToClient({ clientId, event, data, doLog }) {
     // Anything but a string names no client, as in the TypeScript helper.
     if (this.handle && typeof clientId === 'string') {
-      sendToClientNow(this.handle, clientId, eventMessageText(event, data));
+      const text = eventMessageText(event, data);
+      const { dispatcher } = this;
+      if (clientId === dispatcher.replyClientId) {
+        sendToSenderNow(this.handle, dispatcher.replySlot, text);
+      } else {
+        sendToClientNow(this.handle, clientId, text);
+      }
     }
     if (doLog) {
       this.logger.info(`Message sent | id: ${clientId} | event: ${event} | data: ${JSON.stringify(data)}`);

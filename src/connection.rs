@@ -162,6 +162,11 @@ pub(crate) async fn run(core: Arc<Core>, accepted: Box<Accepted>, _alive: Connec
             slot: message_flow.as_ref().map(|flow| flow.slot()),
         });
     }
+    // Before the slot can pass to another connection, which is once this flow and JS's
+    // messages let go of it.
+    if let Some(flow) = &message_flow {
+        core.hub.forget_sender(flow.slot(), &handle);
+    }
     drop(message_flow);
 }
 
@@ -1135,12 +1140,14 @@ impl Session {
 
     /// Hands a custom message to `messageHandler`, charging the connection's credit.
     fn hand_to_js(&mut self, text: String, parts: Option<MessageParts>) {
-        let (dispatcher, id) = (&self.core.dispatcher, &self.handle.id);
+        let (core, handle) = (&self.core, &self.handle);
         let user_id = self.user_id.as_deref();
-        let flow = self
-            .message_flow
-            .get_or_insert_with(|| dispatcher.message_flow(id, user_id));
-        dispatcher.message(flow, text, parts);
+        let flow = self.message_flow.get_or_insert_with(|| {
+            let flow = core.dispatcher.message_flow(&handle.id, user_id);
+            core.hub.name_sender(flow.slot(), handle);
+            flow
+        });
+        core.dispatcher.message(flow, text, parts);
     }
 }
 

@@ -471,6 +471,10 @@ struct Index {
     rooms: HashMap<Arc<str>, Members>,
     /// Authenticated clients: the broadcast audience.
     authenticated: Members,
+    /// Connections by message slot, the small number JS knows a message's sender by
+    /// (`Dispatcher::message_flow`): a reply to the sender of the message JS is handling,
+    /// the common case, finds its connection without reading and hashing a 36-character id.
+    senders: Vec<Option<Arc<ClientHandle>>>,
 }
 
 #[derive(Default)]
@@ -781,13 +785,47 @@ impl Hub {
     }
 
     pub fn send_to_client(&self, id: &str, message: &OutboundText) -> Option<Push> {
-        let handle = self.handle(id)?;
+        Some(self.send_to_handle(&self.handle(id)?, message))
+    }
+
+    /// Names the connection that sends with message slot `slot`, from its first message on.
+    pub fn name_sender(&self, slot: u32, handle: &Arc<ClientHandle>) {
+        let senders = &mut self.write().senders;
+        let at = slot as usize;
+        if senders.len() <= at {
+            senders.resize(at + 1, None);
+        }
+        senders[at] = Some(handle.clone());
+    }
+
+    /// Forgets the connection behind `slot`, if it is still `handle` (a slot is only reused
+    /// after this, but a stale call must not forget the next holder).
+    pub fn forget_sender(&self, slot: u32, handle: &ClientHandle) {
+        if let Some(named) = self.write().senders.get_mut(slot as usize) {
+            if named
+                .as_deref()
+                .is_some_and(|named| std::ptr::eq(named, handle))
+            {
+                *named = None;
+            }
+        }
+    }
+
+    /// The connection behind message slot `slot`. JS asks only while it handles a message
+    /// from that slot, and a slot is not reused before JS is done with its messages, so
+    /// this is the sender of that message (or nobody, once its connection ended).
+    pub fn sender(&self, slot: u32) -> Option<Arc<ClientHandle>> {
+        self.read().senders.get(slot as usize)?.clone()
+    }
+
+    /// `sendToClient` for a client already found.
+    pub fn send_to_handle(&self, handle: &Arc<ClientHandle>, message: &OutboundText) -> Push {
         if handle.is_encrypted() && self.encrypted_delivery.get().is_some() {
             self.transform(message, vec![handle.id.clone()]);
             // Sent once the transformer is done; what Bun's send() would report for it.
-            return Some(Push::Queued(message.plain_frame_len()));
+            return Push::Queued(message.plain_frame_len());
         }
-        Some(handle.send_text(message))
+        handle.send_text(message)
     }
 
     /// Queues the shared frame for every plain member; encrypted members (when a transformer
@@ -895,6 +933,28 @@ mod tests {
     fn sorted(mut list: Vec<String>) -> Vec<String> {
         list.sort();
         list
+    }
+
+    #[test]
+    fn a_message_slot_names_its_sender_until_forgotten_by_that_sender() {
+        let hub = Hub::default();
+        let (a, b) = (client(&hub, "a"), client(&hub, "b"));
+        assert!(hub.sender(0).is_none());
+        hub.name_sender(2, &a);
+        assert!(hub.sender(0).is_none() && hub.sender(1).is_none());
+        assert!(Arc::ptr_eq(&hub.sender(2).unwrap(), &a));
+        hub.forget_sender(2, &a);
+        assert!(hub.sender(2).is_none());
+        hub.name_sender(2, &b);
+        // A late forget by the previous holder leaves the next one named.
+        hub.forget_sender(2, &a);
+        assert!(Arc::ptr_eq(&hub.sender(2).unwrap(), &b));
+        assert!(matches!(
+            hub.send_to_handle(&b, &OutboundText::new("x")),
+            Push::Queued(_)
+        ));
+        hub.clear();
+        assert!(hub.sender(2).is_none());
     }
 
     #[test]

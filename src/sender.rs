@@ -14,12 +14,17 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::frame::OutboundText;
-use crate::hub::Hub;
+use crate::hub::{ClientHandle, Hub};
 
 /// One send, with its already-framed message.
 pub enum Delivery {
     Client {
         client_id: String,
+        message: OutboundText,
+    },
+    /// A client found when the send was issued (a reply to a message's sender).
+    Handle {
+        handle: Arc<ClientHandle>,
         message: OutboundText,
     },
     User {
@@ -42,6 +47,9 @@ impl Delivery {
         match self {
             Delivery::Client { client_id, message } => {
                 hub.send_to_client(&client_id, &message);
+            }
+            Delivery::Handle { handle, message } => {
+                hub.send_to_handle(&handle, &message);
             }
             Delivery::User { user_id, message } => {
                 hub.send_to_user(&user_id, &message);
@@ -121,6 +129,21 @@ impl Sender {
         });
     }
 
+    /// `sendToClient` to the sender of the message JS is handling, named by its message slot
+    /// ([`Hub::sender`]). The connection is found now: once JS is done with the message, the
+    /// slot may pass to another connection before a queued send is performed.
+    pub fn send_to_sender(&self, slot: u32, message: OutboundText) {
+        let Some(handle) = self.hub.sender(slot) else {
+            return;
+        };
+        if self.inline {
+            let _executing = self.executing.lock().unwrap_or_else(|p| p.into_inner());
+            self.hub.send_to_handle(&handle, &message);
+            return;
+        }
+        self.send(Delivery::Handle { handle, message });
+    }
+
     /// Performs everything queued, then `f`, on the calling thread: for a send whose result
     /// the caller needs now (`socket.send()`), without overtaking earlier sends.
     pub fn now<R>(&self, f: impl FnOnce(&Hub) -> R) -> R {
@@ -171,7 +194,7 @@ pub fn has_more_than_one_core() -> bool {
 mod tests {
     use super::*;
     use crate::frame::text_payload;
-    use crate::hub::{AuthStart, ClientHandle};
+    use crate::hub::AuthStart;
     use bytes::Bytes;
 
     fn client(hub: &Hub, id: &str) -> Arc<ClientHandle> {
@@ -248,6 +271,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queued_reply_to_a_sender_goes_to_the_slot_holder_of_when_it_was_issued() {
+        let hub = Arc::new(Hub::default());
+        let (a, b) = (client(&hub, "a"), client(&hub, "b"));
+        // No I/O task runs: the sends wait in the queue until drained below.
+        let sender = Sender::new(hub.clone(), false);
+        hub.name_sender(3, &a);
+        sender.send_to_sender(3, OutboundText::new("x"));
+        hub.forget_sender(3, &a);
+        hub.name_sender(3, &b);
+        sender.send_to_sender(3, OutboundText::new("y"));
+        sender.send_to_sender(4, OutboundText::new("nobody's"));
+        sender.drain();
+        assert_eq!(received(&a), vec![Bytes::from_static(b"\x81\x01x")]);
+        assert_eq!(received(&b), vec![Bytes::from_static(b"\x81\x01y")]);
+    }
+
+    #[tokio::test]
     async fn inline_mode_sends_at_once() {
         let hub = Arc::new(Hub::default());
         let a = client(&hub, "a");
@@ -261,11 +301,14 @@ mod tests {
             message: OutboundText::new("y"),
         });
         sender.send_to_client("a", OutboundText::new("z"));
+        hub.name_sender(0, &a);
+        sender.send_to_sender(0, OutboundText::new("w"));
         assert_eq!(
             received(&a),
             vec![
                 Bytes::from_static(b"\x81\x01y"),
-                Bytes::from_static(b"\x81\x01z")
+                Bytes::from_static(b"\x81\x01z"),
+                Bytes::from_static(b"\x81\x01w")
             ]
         );
     }
