@@ -460,7 +460,8 @@ impl MessageInJs {
 
 enum Item {
     Encoded(String),
-    Message(QueuedMessage),
+    /// A message for the batch, and what it charges its connection until JS is done with it.
+    Message(QueuedMessage, MessageInJs),
     Log(String),
     Flush(oneshot::Sender<()>),
     /// Ends the runner, which releases the bridge (and with it the JS function).
@@ -480,13 +481,24 @@ const MAX_QUEUED_LOGS: usize = 10_000;
 pub struct Dispatcher {
     queue: mpsc::UnboundedSender<Item>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    /// Messages queued for or sitting with JS, by token. Registered before JS sees them, so
-    /// a handler that settles before the batch's answer is read still finds its entry.
-    messages: Mutex<HashMap<u64, MessageInJs>>,
+    /// Messages JS deferred, until it settles them. Every other message travels with its
+    /// batch and is done when the batch's answer is acted on: no table entry per message.
+    deferred: Mutex<Deferred>,
     slots: Arc<SlotPool>,
+    /// Tokens are numbered from one counter: even for calls, odd for messages, so `settle`
+    /// tells which table a token belongs to.
     next_token: AtomicU64,
     queued_logs: AtomicUsize,
     dropped_logs: AtomicU64,
+}
+
+#[derive(Default)]
+struct Deferred {
+    /// Deferred messages, by token.
+    waiting: HashMap<u64, MessageInJs>,
+    /// Messages JS settled before their batch's answer was acted on (if the engine ever ran
+    /// a Promise reaction in between): done as soon as the answer defers them.
+    settled_early: HashSet<u64>,
 }
 
 /// What became of a call.
@@ -526,7 +538,7 @@ impl Dispatcher {
         let dispatcher = Arc::new(Dispatcher {
             queue,
             pending: Mutex::default(),
-            messages: Mutex::default(),
+            deferred: Mutex::default(),
             slots: Arc::default(),
             next_token: AtomicU64::new(1),
             queued_logs: AtomicUsize::new(0),
@@ -542,8 +554,12 @@ impl Dispatcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn next_token(&self, for_message: bool) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed) * 2 + u64::from(for_message)
+    }
+
     pub fn call(self: &Arc<Self>, call: JsCall<'_>) -> PendingCall {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = self.next_token(false);
         let (sender, receiver) = oneshot::channel();
         self.pending().insert(token, sender);
         if self
@@ -561,8 +577,8 @@ impl Dispatcher {
         }
     }
 
-    fn messages(&self) -> std::sync::MutexGuard<'_, HashMap<u64, MessageInJs>> {
-        self.messages
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.deferred
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -586,35 +602,48 @@ impl Dispatcher {
     /// until JS is done with it (callers check [`MessageFlow::has_credit`] first).
     /// `parts`: where the message's `event` and `data` are, if they are its only keys.
     pub fn message(&self, flow: &Arc<MessageFlow>, message: String, parts: Option<MessageParts>) {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = self.next_token(true);
         let cost = MessageFlow::cost(&message);
         flow.take(cost);
-        self.messages().insert(
-            token,
-            MessageInJs {
-                flow: flow.clone(),
-                cost,
-            },
-        );
+        let in_js = MessageInJs {
+            flow: flow.clone(),
+            cost,
+        };
         let message = QueuedMessage {
             token,
             slot: flow.slot,
             text: message,
             parts,
         };
-        if self.queue.send(Item::Message(message)).is_err() {
-            self.finish_message(token);
+        if let Err(mpsc::error::SendError(Item::Message(_, in_js))) =
+            self.queue.send(Item::Message(message, in_js))
+        {
+            in_js.release();
         }
     }
 
-    fn finish_message(&self, token: u64) -> bool {
-        let message = self.messages().remove(&token);
-        match message {
-            Some(message) => {
-                message.release();
-                true
+    /// A message JS deferred: done when JS settles it, or now if it already did.
+    fn defer(&self, token: u64, in_js: MessageInJs) {
+        let mut deferred = self.deferred();
+        if deferred.settled_early.remove(&token) {
+            drop(deferred);
+            in_js.release();
+        } else {
+            deferred.waiting.insert(token, in_js);
+        }
+    }
+
+    /// JS is done with a deferred message.
+    fn finish_deferred(&self, token: u64) {
+        let mut deferred = self.deferred();
+        match deferred.waiting.remove(&token) {
+            Some(in_js) => {
+                drop(deferred);
+                in_js.release();
             }
-            None => false,
+            None => {
+                deferred.settled_early.insert(token);
+            }
         }
     }
 
@@ -640,13 +669,14 @@ impl Dispatcher {
     }
 
     /// Routes a JS outcome to its waiting caller, or marks a deferred message done. False
-    /// when nobody waits any more.
+    /// when nobody waits for the call any more.
     pub fn settle(&self, token: u64, outcome: Outcome) -> bool {
-        let waiting = self.pending().remove(&token);
-        match waiting {
-            Some(sender) => sender.send(outcome).is_ok(),
-            None => self.finish_message(token),
+        if token % 2 == 1 {
+            self.finish_deferred(token);
+            return true;
         }
+        let waiting = self.pending().remove(&token);
+        waiting.is_some_and(|sender| sender.send(outcome).is_ok())
     }
 
     /// Resolves once everything queued before it has been handed to JS and JS returned.
@@ -697,12 +727,12 @@ impl Dispatcher {
             let mut messages = Vec::with_capacity(items.len());
             let mut logs = 0;
             for item in items.drain(..) {
-                if !matches!(item, Item::Message(_)) {
+                if !matches!(item, Item::Message(..)) {
                     push_message_group(&mut batch, &mut group);
                 }
                 let encoded = match item {
-                    Item::Message(message) => {
-                        messages.push(message.token);
+                    Item::Message(message, in_js) => {
+                        messages.push((message.token, in_js));
                         group.push(message);
                         continue;
                     }
@@ -766,13 +796,16 @@ impl Dispatcher {
         // callers instead of leaving them to their timeouts.
         drop(receiver);
         self.pending().clear();
-        let messages: Vec<MessageInJs> = self.messages().drain().map(|(_, m)| m).collect();
-        messages.into_iter().for_each(MessageInJs::release);
+        let deferred = std::mem::take(&mut *self.deferred());
+        deferred
+            .waiting
+            .into_values()
+            .for_each(MessageInJs::release);
     }
 
     /// Acts on JS's answer to a batch. `messages`: the tokens of the batch's custom messages,
     /// each done unless JS deferred it.
-    fn answered(&self, answer: Result<String, String>, mut messages: Vec<u64>) {
+    fn answered(&self, answer: Result<String, String>, messages: Vec<(u64, MessageInJs)>) {
         let answer = answer
             .map_err(|error| {
                 format!("[ignis-native-ws] could not deliver callbacks to JavaScript: {error}")
@@ -787,12 +820,13 @@ impl Dispatcher {
             eprintln!("{error}");
             BatchAnswer::default()
         });
-        if !answer.deferred.is_empty() {
-            let deferred: HashSet<u64> = answer.deferred.iter().copied().collect();
-            messages.retain(|token| !deferred.contains(token));
-        }
-        for token in messages {
-            self.finish_message(token);
+        let deferred: HashSet<u64> = answer.deferred.iter().copied().collect();
+        for (token, in_js) in messages {
+            if !deferred.is_empty() && deferred.contains(&token) {
+                self.defer(token, in_js);
+            } else {
+                in_js.release();
+            }
         }
         for (token, outcome) in answer.outcomes {
             if !self.settle(token, outcome) {
@@ -807,8 +841,8 @@ impl Dispatcher {
 /// messages as if JS had answered with nothing, so no reader waits on them for ever.
 pub struct BatchInJs {
     dispatcher: Arc<Dispatcher>,
-    /// The batch's custom messages; taken when the answer is acted on.
-    messages: Option<Vec<u64>>,
+    /// The batch's custom messages and their charges; taken when the answer is acted on.
+    messages: Option<Vec<(u64, MessageInJs)>>,
     /// One of `BATCHES_IN_FLIGHT`, returned when the answer has been acted on.
     _permit: OwnedSemaphorePermit,
 }
@@ -1021,7 +1055,48 @@ mod tests {
             .await
             .expect("the reader is woken");
         assert!(flow.is_idle());
-        assert!(!dispatcher.settle(token, Ok(Value::Null)), "settled once");
+        dispatcher.settle(token, Ok(Value::Null));
+        assert!(flow.is_idle(), "released once");
+        assert!(flow.has_credit());
+    }
+
+    /// Should an engine run a Promise reaction before the batch's answer is acted on, the
+    /// message it settles is done once the answer defers it.
+    #[tokio::test]
+    async fn a_message_settled_before_its_batch_is_answered_is_done_when_deferred() {
+        struct EarlyBridge(std::sync::OnceLock<Arc<Dispatcher>>);
+        impl JsBridge for EarlyBridge {
+            fn deliver(&self, batch: String, in_js: BatchInJs) {
+                let rows: Vec<Vec<Value>> = serde_json::from_str(&batch).unwrap();
+                let tokens: Vec<u64> = rows
+                    .iter()
+                    .filter(|row| row[0] == 4)
+                    .flat_map(|row| {
+                        let n = row[1].as_u64().unwrap() as usize;
+                        (0..n)
+                            .map(|i| row[2 + i].as_u64().unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let dispatcher = self.0.get().unwrap();
+                for token in &tokens {
+                    assert_eq!(token % 2, 1, "a message token is odd");
+                    dispatcher.settle(*token, Ok(Value::Null));
+                }
+                let rows: Vec<String> = tokens.iter().map(|t| format!("[{t},2,0]")).collect();
+                in_js.answer(Ok(format!("[{}]", rows.join(","))));
+            }
+        }
+        let bridge = Arc::new(EarlyBridge(std::sync::OnceLock::new()));
+        let dispatcher = Dispatcher::start(bridge.clone());
+        let _ = bridge.0.set(dispatcher.clone());
+        let flow = dispatcher.message_flow("c", None);
+        send_message(&dispatcher, &flow, r#"{"event":"a"}"#);
+        send_message(&dispatcher, &flow, r#"{"event":"b"}"#);
+        dispatcher.flush().await;
+        assert!(flow.is_idle());
+        let deferred = dispatcher.deferred();
+        assert!(deferred.waiting.is_empty() && deferred.settled_early.is_empty());
     }
 
     #[tokio::test]
