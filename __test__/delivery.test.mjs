@@ -80,6 +80,28 @@ describe('local delivery and accessors', () => {
     }
   });
 
+  it("the native sendToClient reaches the server of the handle it is given, alternating between two", async () => {
+    const sendToClient = binding.rawSendToClient();
+    const other = await startServer();
+    try {
+      const carol = await authenticatedClient(other);
+      for (let n = 0; n < 3; n++) {
+        sendToClient(server.handle, bob.id, JSON.stringify({ event: 'which', data: `first ${n}` }));
+        sendToClient(other.handle, carol.id, JSON.stringify({ event: 'which', data: `other ${n}` }));
+        // Each server knows only its own client.
+        sendToClient(other.handle, bob.id, JSON.stringify({ event: 'which', data: 'wrong' }));
+        sendToClient(server.handle, carol.id, JSON.stringify({ event: 'which', data: 'wrong' }));
+        assert.equal((await bob.next('which')).data, `first ${n}`);
+        assert.equal((await carol.next('which')).data, `other ${n}`);
+      }
+      assert.ok(await bob.nothing('which', 100));
+      assert.ok(await carol.nothing('which', 100));
+      carol.close();
+    } finally {
+      await other.shutdown();
+    }
+  });
+
   it('sendToUser reaches every session of the user', async () => {
     server.sendToUser({ userId: 'alice', event: 'for-alice', data: 2 });
     assert.equal((await alice1.next('for-alice')).data, 2);

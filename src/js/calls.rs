@@ -9,12 +9,12 @@
 use napi::bindgen_prelude::External;
 use napi_derive::napi;
 
-use super::server::ServerSlot;
+use super::server::ServerHandle;
 use crate::frame::OutboundText;
 use crate::sender::Delivery;
 use crate::server::Server;
 
-fn deliver(server: &External<ServerSlot>, delivery: Delivery) {
+fn deliver(server: &External<ServerHandle>, delivery: Delivery) {
     if let Some(server) = server.get() {
         server.sender().send(delivery);
     }
@@ -23,7 +23,7 @@ fn deliver(server: &External<ServerSlot>, delivery: Delivery) {
 /// Delivers an outcome that JS produced asynchronously. False when nobody waits for it.
 #[napi]
 pub fn settle(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     token: f64,
     failed: bool,
     value: String,
@@ -44,7 +44,7 @@ pub fn settle(
 /// `sender.rs`). `sendToClient`, the one a reply makes, is in `raw_calls.rs`.
 #[napi]
 pub fn send_to_user(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     user_id: String,
     message: String,
 ) {
@@ -59,7 +59,7 @@ pub fn send_to_user(
 
 #[napi]
 pub fn send_to_room(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     room: String,
     message: String,
     exclude: Option<Vec<String>>,
@@ -76,7 +76,7 @@ pub fn send_to_room(
 
 #[napi]
 pub fn broadcast(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     message: String,
     exclude: Option<Vec<String>>,
 ) {
@@ -93,7 +93,7 @@ pub fn broadcast(
 /// per outage. No-op in standalone mode.
 #[napi]
 pub fn publish(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     channel: String,
     envelope: String,
 ) {
@@ -104,7 +104,7 @@ pub fn publish(
 
 #[napi]
 pub fn has_client(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     client_id: String,
 ) -> bool {
     server
@@ -114,7 +114,7 @@ pub fn has_client(
 
 #[napi]
 pub fn has_room(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     room: String,
 ) -> bool {
     server
@@ -126,7 +126,7 @@ pub fn has_room(
 /// convention).
 #[napi]
 pub fn socket_send(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     client_id: String,
     data: String,
 ) -> i64 {
@@ -138,7 +138,7 @@ pub fn socket_send(
 /// What `outboundTransformer` produced for an encrypted client: sent as it is.
 #[napi]
 pub fn send_transformed(
-    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerSlot>,
+    #[napi(ts_arg_type = "ExternalObject<'NativeServerHandle'>")] server: &External<ServerHandle>,
     client_id: String,
     message: String,
 ) {

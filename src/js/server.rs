@@ -162,6 +162,25 @@ impl From<ClientSnapshot> for ClientInfo {
 /// the handle the per-message functions below take.
 pub(super) type ServerSlot = Arc<OnceLock<Server>>;
 
+/// What a handle (`NativeServer::handle`) holds: the server's slot. Dropped when JS
+/// collects the handle, it makes the raw calls forget that they confirmed it
+/// (`raw_calls::server_slot`) before its memory can be reused.
+pub struct ServerHandle(pub(super) ServerSlot);
+
+impl std::ops::Deref for ServerHandle {
+    type Target = ServerSlot;
+
+    fn deref(&self) -> &ServerSlot {
+        &self.0
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        super::raw_calls::forget_confirmed_handle(self);
+    }
+}
+
 #[napi]
 pub struct NativeServer {
     config: ServerConfig,
@@ -214,8 +233,8 @@ impl NativeServer {
     /// take instead of `this`: napi-rs registers every `&self` call's borrow in a global
     /// table, which costs about half a microsecond per call (measured: benchmark/README.md).
     #[napi(ts_return_type = "ExternalObject<'NativeServerHandle'>")]
-    pub fn handle(&self) -> External<ServerSlot> {
-        External::new(self.server.clone())
+    pub fn handle(&self) -> External<ServerHandle> {
+        External::new(ServerHandle(self.server.clone()))
     }
 
     /// Binds and starts serving; returns the bound port. Throws when the address is taken.
