@@ -169,4 +169,25 @@ describe('message text', () => {
     assert.deepEqual(client.texts.slice(before), expected);
     client.close();
   });
+
+  it('reaches the sender of the message being handled byte for byte too, for every kind of value', async () => {
+    const expected = [];
+    let server;
+    server = await start({
+      messageHandler: ({ clientId }) => {
+        for (const event of [...EVENTS, 'x'.repeat(300)]) {
+          for (const data of DATA) {
+            server.sendToClient({ clientId, event, data });
+            expected.push(JSON.stringify({ event, data }));
+          }
+        }
+      },
+    });
+    const client = await authenticatedClient(server);
+    const before = client.texts.length;
+    client.send({ event: 'go' });
+    await waitUntil(() => expected.length > 0 && client.texts.length === before + expected.length);
+    assert.deepEqual(client.texts.slice(before), expected);
+    client.close();
+  });
 });
