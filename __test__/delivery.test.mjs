@@ -80,6 +80,19 @@ describe('local delivery and accessors', () => {
     }
   });
 
+  it("the native send to a message's sender answers misuse with a TypeError, and a slot nobody holds reaches nobody", async () => {
+    const sendToSender = binding.rawSendToSender();
+    const text = JSON.stringify({ event: 'raw', data: 1 });
+    assert.throws(() => sendToSender(), TypeError);
+    assert.throws(() => sendToSender({}, 0, text), TypeError);
+    assert.throws(() => sendToSender(server.handle, 'zero', text), TypeError);
+    assert.throws(() => sendToSender(server.handle, 0, { event: 'raw' }), TypeError);
+    sendToSender(server.handle, 4_000_000, text);
+    for (const client of everyone()) {
+      assert.ok(await client.nothing('raw', 50));
+    }
+  });
+
   it("the native sendToClient reaches the server of the handle it is given, alternating between two", async () => {
     const sendToClient = binding.rawSendToClient();
     const other = await startServer();
