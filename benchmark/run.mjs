@@ -32,6 +32,9 @@ const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).
 const PAGE = 4096;
 /** How long connections stay idle before the server's memory per connection is read (connect). */
 const IDLE_SETTLE_MS = 2000;
+// A repetition in which the hypervisor took more of the machine than this is flagged in the
+// report: its times are suspect.
+const STOLEN_WARNING = 0.05;
 /** The scaling scenario's messageHandler work per message. */
 const SCALING_WORK_US = 20;
 
@@ -150,6 +153,17 @@ function cpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / TICKS;
 }
 
+/**
+ * The machine's CPU time so far, in ticks, and how much of it the hypervisor gave to other
+ * machines (`steal` in /proc/stat): on a shared host, a window with much stolen time runs
+ * slower in ways CPU time does not fully capture.
+ */
+function machineTicks() {
+  const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal (guest time is counted in user already)
+  return { total: fields.slice(0, 8).reduce((sum, value) => sum + value, 0), steal: fields[7] ?? 0 };
+}
+
 /** Context switches (voluntary and not) of a process' live threads. */
 function contextSwitches(pid) {
   let total = 0;
@@ -249,6 +263,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     serverSwitches: serversSum(contextSwitches),
     loadgen: cpuSeconds(generator.pid),
     rss: rssBytes(pid),
+    machine: machineTicks(),
   });
   const marks = {};
   const result = await new Promise((resolve, reject) => {
@@ -290,6 +305,8 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
     serverCpu: marks.end.server - marks.start.server,
     serverSwitches: marks.end.serverSwitches - marks.start.serverSwitches,
     loadgenCpu: marks.end.loadgen - marks.start.loadgen,
+    stolen:
+      (marks.end.machine.steal - marks.start.machine.steal) / Math.max(1, marks.end.machine.total - marks.start.machine.total),
     rssStart,
     rssEnd: marks.end.rss,
     idleRss: marks.idleRss,
@@ -315,6 +332,8 @@ function summarize(runs, scenario) {
     switchesPer1000: pick(run => (Math.max(0, run.serverSwitches) / scenario.units(run)) * 1000),
     serverUtil: pick(run => run.serverCpu / run.wall),
     loadgenUtil: pick(run => run.loadgenCpu / run.wall),
+    // Absent from runs recorded before it was measured.
+    stolen: pick(run => run.stolen),
   };
   const r = run => run.result;
   if (scenario.name === 'connect') {
@@ -377,6 +396,12 @@ function bottleneck(summary) {
   return `neither (server ${(server * 100).toFixed(0)}%, loadgen ${(generator * 100).toFixed(0)}% of a core)`;
 }
 
+/** The most of the machine's time stolen in any repetition, when it was measured and matters. */
+function stolenNote(summary) {
+  const stolen = summary.stolen;
+  return Number.isFinite(stolen?.max) && stolen.max >= STOLEN_WARNING ? `; up to ${(stolen.max * 100).toFixed(0)}% stolen` : '';
+}
+
 async function main() {
   if (reportFrom) {
     const { info, results, unpinned } = JSON.parse(fs.readFileSync(path.resolve(reportFrom), 'utf8'));
@@ -406,7 +431,7 @@ async function main() {
           (results[scenario.name][implementation.key] ??= []).push(run);
           const units = scenario.units(run);
           process.stderr.write(
-            `server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s, ${units} ${scenario.unitName.replace(/y$/, 'ie')}s, ${((run.serverCpu / units) * 1e6).toFixed(2)} µs each\n`,
+            `server cpu ${run.serverCpu.toFixed(2)} s in ${run.wall.toFixed(1)} s, ${units} ${scenario.unitName.replace(/y$/, 'ie')}s, ${((run.serverCpu / units) * 1e6).toFixed(2)} µs each, ${(run.stolen * 100).toFixed(0)}% of the machine stolen\n`,
           );
         }
       }
@@ -450,7 +475,8 @@ function report(info, results, unpinned) {
   out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run. "CPU ratio vs ts" divides the medians; "paired by repetition" divides each repetition\'s CPU/unit by the helper\'s in the same repetition (run back to back, so the machine\'s drift between repetitions cancels) and gives the median (min–max) of those ratios.');
   out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor). "reference, 2 threads" is the same server with a second thread that never runs, which makes the process multi-threaded as every Node or Bun process is (fan-out and rooms only). "reference, hand-off" answers echo as this package\'s design must, still without JS: its reading thread queues each message for a second thread and wakes it (an eventfd, as a threadsafe function does), and that thread writes the reply; "reference, hand-off, epoll" is the same with its reading thread on a bare epoll loop instead of tokio (echo only).');
   out.push('- "RSS/conn" (connect) is the growth of the server\'s resident memory from before the first connection to all connections idle, per connection, read after the connections have been idle for 2 s (a garbage-collected runtime frees the connection burst\'s garbage within about a second); "anon RSS/conn" counts anonymous memory only (RssAnon), leaving out the pages of the runtime\'s own binary that are first read in while connections are served (file-backed code, read once: 2–5 MB here, more for Bun\'s binary than for Node\'s).');
-  out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.', '');
+  out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.');
+  out.push(`- "stolen" (in the bottleneck column, from ${STOLEN_WARNING * 100}% up): the largest share of the machine's time, in any repetition's window, that the hypervisor gave to other machines (\`steal\` in /proc/stat). On a shared host such a window runs slower in ways CPU time does not fully capture, so its numbers are suspect.`, '');
   for (const [name, byImpl] of Object.entries(results)) {
     const scenario = SCENARIOS.find(s => s.name === name);
     const summaries = Object.fromEntries(Object.entries(byImpl).map(([key, runs]) => [key, summarize(runs, scenario)]));
@@ -471,7 +497,7 @@ function report(info, results, unpinned) {
       if (name === 'connect') cells.push(fmt(s.rssPerConnection, 0), fmt(s.anonRssPerConnection, 0), fmt(s.failures, 0));
       else if (!isEcho(scenario)) cells.push(fmt(s.loss, 0));
       if (scenario.rssGrowth) cells.push(fmt(s.rssGrowthMb, 1));
-      cells.push(bottleneck(s));
+      cells.push(bottleneck(s) + stolenNote(s));
       out.push(`| ${implementation.name} | ${cells.join(' | ')} |`);
     }
     if (base) {
