@@ -216,7 +216,7 @@ async fn upgrade(
     };
     let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id: ClientId = Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_text));
-    let remote_address = peer.to_string();
+    let remote_address = protocol::address_text(peer);
     let upgrade = match negotiate(core, &id, &remote_address, &request).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => {

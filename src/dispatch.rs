@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::protocol::{json_string, MessageParts};
+use crate::protocol::{self, json_string, push_json_string, MessageParts};
 
 /// The JS side of the bridge. `deliver` runs the batch on the JS thread and hands JS's
 /// answer (the JSON text of the synchronous outcomes) to the batch's [`BatchInJs`] there,
@@ -155,55 +155,76 @@ fn opt_string(value: Option<&str>) -> String {
     value.map(json_string).unwrap_or_else(|| "null".to_string())
 }
 
+/// `[kind,token,"clientId",...]`: a call's row. Appended by hand rather than `format!`ted:
+/// an authentication's row took about 3,200 instructions that way (callgrind, connect,
+/// benchmark/README.md).
 fn encode_call(token: u64, call: &JsCall<'_>) -> String {
-    match call {
-        JsCall::VerifyUpgrade { client_id, request } => format!(
-            "[{},{token},{},{request}]",
-            kind::VERIFY_UPGRADE,
-            json_string(client_id)
-        ),
+    let (kind, client_id, rest) = match call {
+        JsCall::VerifyUpgrade { client_id, request } => {
+            (kind::VERIFY_UPGRADE, client_id, request.len())
+        }
         JsCall::Authenticate {
             client_id,
             data,
             request,
-        } => format!(
-            "[{},{token},{},{data},{}]",
+        } => (
             kind::AUTHENTICATE,
-            json_string(client_id),
-            request.unwrap_or("null")
-        ),
-        JsCall::ValidateRooms {
             client_id,
-            user_id,
-            rooms,
-        } => format!(
-            "[{},{token},{},{},{}]",
-            kind::VALIDATE_ROOMS,
-            json_string(client_id),
-            opt_string(*user_id),
-            serde_json::to_string(rooms).expect("strings serialise")
+            data.len() + request.map_or(4, str::len),
         ),
+        JsCall::ValidateRooms { client_id, .. } => (kind::VALIDATE_ROOMS, client_id, 64),
+        JsCall::ClientConnected { client_id, .. } => (kind::CLIENT_CONNECTED, client_id, 64),
+        JsCall::Handshake {
+            client_id, data, ..
+        } => (kind::HANDSHAKE, client_id, 64 + data.len()),
+    };
+    let mut row = Vec::with_capacity(32 + client_id.len() + rest);
+    row.push(b'[');
+    protocol::push_digits(&mut row, u64::from(kind), 1);
+    row.push(b',');
+    protocol::push_digits(&mut row, token, 1);
+    row.push(b',');
+    push_json_string(&mut row, client_id);
+    let push_optional = |row: &mut Vec<u8>, value: Option<&str>| match value {
+        Some(value) => push_json_string(row, value),
+        None => row.extend_from_slice(b"null"),
+    };
+    match call {
+        JsCall::VerifyUpgrade { request, .. } => {
+            row.push(b',');
+            row.extend_from_slice(request.as_bytes());
+        }
+        JsCall::Authenticate { data, request, .. } => {
+            row.push(b',');
+            row.extend_from_slice(data.as_bytes());
+            row.push(b',');
+            row.extend_from_slice(request.unwrap_or("null").as_bytes());
+        }
+        JsCall::ValidateRooms { user_id, rooms, .. } => {
+            row.push(b',');
+            push_optional(&mut row, *user_id);
+            row.push(b',');
+            serde_json::to_writer(&mut row, rooms).expect("strings serialise");
+        }
         JsCall::ClientConnected {
-            client_id,
             user_id,
             auth_token,
-        } => format!(
-            "[{},{token},{},{},{auth_token}]",
-            kind::CLIENT_CONNECTED,
-            json_string(client_id),
-            opt_string(*user_id)
-        ),
-        JsCall::Handshake {
-            client_id,
-            user_id,
-            data,
-        } => format!(
-            "[{},{token},{},{},{data}]",
-            kind::HANDSHAKE,
-            json_string(client_id),
-            opt_string(*user_id)
-        ),
+            ..
+        } => {
+            row.push(b',');
+            push_optional(&mut row, *user_id);
+            row.push(b',');
+            protocol::push_digits(&mut row, *auth_token, 1);
+        }
+        JsCall::Handshake { user_id, data, .. } => {
+            row.push(b',');
+            push_optional(&mut row, *user_id);
+            row.push(b',');
+            row.extend_from_slice(data.as_bytes());
+        }
     }
+    row.push(b']');
+    String::from_utf8(row).expect("a row is written from strings")
 }
 
 /// `[12,0,slot,clientId,userId]`: the ids behind a message slot, once per connection that
@@ -929,6 +950,60 @@ mod tests {
             },
         );
         assert_eq!(row, r#"[2,7,"c",null,["a\"b"]]"#);
+        let row = encode_call(
+            1 << 40,
+            &JsCall::ValidateRooms {
+                client_id: "c",
+                user_id: Some("u\n"),
+                rooms: &[],
+            },
+        );
+        assert_eq!(row, r#"[2,1099511627776,"c","u\n",[]]"#);
+        let request = r#"{"url":"/ws"}"#;
+        let row = encode_call(
+            3,
+            &JsCall::Authenticate {
+                client_id: "c\"",
+                data: r#"{"token":1}"#,
+                request: Some(request),
+            },
+        );
+        assert_eq!(row, r#"[1,3,"c\"",{"token":1},{"url":"/ws"}]"#);
+        let row = encode_call(
+            5,
+            &JsCall::Authenticate {
+                client_id: "c",
+                data: "null",
+                request: None,
+            },
+        );
+        assert_eq!(row, r#"[1,5,"c",null,null]"#);
+        let row = encode_call(
+            0,
+            &JsCall::VerifyUpgrade {
+                client_id: "c",
+                request,
+            },
+        );
+        assert_eq!(row, r#"[11,0,"c",{"url":"/ws"}]"#);
+        let row = encode_call(
+            12,
+            &JsCall::ClientConnected {
+                client_id: "c",
+                user_id: None,
+                auth_token: 10,
+            },
+        );
+        assert_eq!(row, r#"[3,12,"c",null,10]"#);
+        let row = encode_call(
+            14,
+            &JsCall::Handshake {
+                client_id: "c",
+                user_id: Some("u"),
+                data: r#"{"k":"v"}"#,
+            },
+        );
+        assert_eq!(row, r#"[9,14,"c","u",{"k":"v"}]"#);
         let row = encode_message_sender(3, "c\n", Some("\"é"));
         assert_eq!(row, r#"[12,0,3,"c\n","\"é"]"#);
         assert_eq!(encode_message_sender(0, "c", None), r#"[12,0,0,"c",null]"#);

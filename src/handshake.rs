@@ -200,7 +200,9 @@ pub fn decide(buf: &[u8], path: &str) -> Result<Option<(Decision, usize)>, Rejec
     let mut header_ends = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         // httparse accepts only token characters (ASCII) in names.
-        header_text.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+        let name_start = header_text.len();
+        header_text.push_str(h.name);
+        header_text[name_start..].make_ascii_lowercase();
         let name_end = header_text.len() as u32;
         header_text.push_str(&String::from_utf8_lossy(h.value));
         // One read delivers at most a few tens of KB (lossy decoding at most triples it), far
@@ -232,12 +234,19 @@ fn is_valid_key(key: &str) -> bool {
 
 /// The 101 answer; `extensions`: the `Sec-WebSocket-Extensions` value, if one was agreed.
 pub fn accept_response(accept_key: &str, extensions: Option<&str>) -> String {
-    let extensions = extensions
-        .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extensions}\r\n"
-    )
+    // Appended, not `format!`ted: once per connection.
+    const HEAD: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+    let mut out = String::with_capacity(HEAD.len() + accept_key.len() + 64);
+    out.push_str(HEAD);
+    out.push_str(accept_key);
+    out.push_str("\r\n");
+    if let Some(value) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out
 }
 
 /// The reason phrase of a status an upgrade hook chose (anything unusual: "Refused").
@@ -344,7 +353,10 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(response.ends_with("\r\n\r\n426 Upgrade Required\n"));
-        assert!(accept_response("abc", None).ends_with("Sec-WebSocket-Accept: abc\r\n\r\n"));
+        assert_eq!(
+            accept_response("abc", None),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n"
+        );
         assert!(
             accept_response("abc", Some("permessage-deflate")).ends_with(
                 "Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"

@@ -243,35 +243,43 @@ pub fn error_message(message: &str) -> String {
 }
 
 /// `JSON.stringify({ event: 'connected', data: { id, userId, time } })`, with `userId`
-/// omitted when absent, as JSON.stringify omits `undefined`.
+/// omitted when absent, as JSON.stringify omits `undefined`. Appended by hand: this runs
+/// once per connection, and `format!` took about 6,500 instructions here (callgrind,
+/// benchmark/README.md).
 pub fn connected_message(
     client_id: &str,
     user_id: Option<&str>,
     time_ms: u64,
     encryption: Option<&Encryption>,
 ) -> String {
-    let user = user_id
-        .map(|user| format!(r#","userId":{}"#, json_string(user)))
-        .unwrap_or_default();
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(br#"{"event":""#);
+    out.extend_from_slice(EVENT_CONNECTED.as_bytes());
+    out.extend_from_slice(br#"","data":{"id":"#);
+    push_json_string(&mut out, client_id);
+    if let Some(user) = user_id {
+        out.extend_from_slice(br#","userId":"#);
+        push_json_string(&mut out, user);
+    }
+    out.extend_from_slice(br#","time":""#);
+    push_iso_time(&mut out, time_ms);
+    out.push(b'"');
     // As the TypeScript helper: the keys travel when the handshake gave a public key.
-    let keys = match encryption {
-        Some(Encryption {
-            server_public_key: Some(key),
-            salt,
-        }) => format!(
-            r#","serverPublicKey":{},"salt":{}"#,
-            json_string(key),
-            salt.as_deref()
-                .map(json_string)
-                .unwrap_or_else(|| "null".into())
-        ),
-        _ => String::new(),
-    };
-    format!(
-        r#"{{"event":"{EVENT_CONNECTED}","data":{{"id":{}{user},"time":"{}"{keys}}}}}"#,
-        json_string(client_id),
-        iso_time(time_ms)
-    )
+    if let Some(Encryption {
+        server_public_key: Some(key),
+        salt,
+    }) = encryption
+    {
+        out.extend_from_slice(br#","serverPublicKey":"#);
+        push_json_string(&mut out, key);
+        out.extend_from_slice(br#","salt":"#);
+        match salt {
+            Some(salt) => push_json_string(&mut out, salt),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"}}");
+    String::from_utf8(out).expect("JSON written from strings is UTF-8")
 }
 
 /// A JSON string literal. serde_json escapes exactly what JSON.stringify escapes for
@@ -287,15 +295,61 @@ pub fn push_json_string(out: &mut Vec<u8>, value: &str) {
 
 /// `new Date(ms).toISOString()` for dates from 1970 on: `YYYY-MM-DDTHH:MM:SS.sssZ`.
 pub fn iso_time(ms: u64) -> String {
+    let mut out = Vec::with_capacity(24);
+    push_iso_time(&mut out, ms);
+    String::from_utf8(out).expect("digits and separators are ASCII")
+}
+
+/// [`iso_time`] appended to `out`.
+fn push_iso_time(out: &mut Vec<u8>, ms: u64) {
     let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000
-    )
+    push_digits(out, year as u64, 4);
+    out.push(b'-');
+    push_digits(out, u64::from(month), 2);
+    out.push(b'-');
+    push_digits(out, u64::from(day), 2);
+    out.push(b'T');
+    push_digits(out, ms_of_day / 3_600_000, 2);
+    out.push(b':');
+    push_digits(out, ms_of_day / 60_000 % 60, 2);
+    out.push(b':');
+    push_digits(out, ms_of_day / 1000 % 60, 2);
+    out.push(b'.');
+    push_digits(out, ms_of_day % 1000, 3);
+    out.push(b'Z');
+}
+
+/// `address.to_string()` (`ip:port`), written without the formatting machinery for the
+/// common IPv4 case: this runs for every connection, and `Display` took about 1,800
+/// instructions of it (callgrind, benchmark/README.md).
+pub fn address_text(address: std::net::SocketAddr) -> String {
+    let std::net::SocketAddr::V4(v4) = address else {
+        return address.to_string();
+    };
+    let mut out = Vec::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        push_digits(&mut out, u64::from(octet), 1);
+    }
+    out.push(b':');
+    push_digits(&mut out, u64::from(v4.port()), 1);
+    String::from_utf8(out).expect("digits and separators are ASCII")
+}
+
+/// `value` in decimal, zero-padded to `width` digits (more if it needs them).
+pub(crate) fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut rest = value;
+    let mut start = digits.len();
+    while rest > 0 || digits.len() - start < width {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -544,6 +598,14 @@ mod tests {
             connected_message("c1", None, 0, Some(&keys)),
             r#"{"event":"connected","data":{"id":"c1","time":"1970-01-01T00:00:00.000Z","serverPublicKey":"pk","salt":"s"}}"#
         );
+        let unsalted = Encryption {
+            server_public_key: Some("pk".into()),
+            salt: None,
+        };
+        assert_eq!(
+            connected_message("c1", None, 0, Some(&unsalted)),
+            r#"{"event":"connected","data":{"id":"c1","time":"1970-01-01T00:00:00.000Z","serverPublicKey":"pk","salt":null}}"#
+        );
         // Enabled without a handshake: nothing to announce.
         assert_eq!(
             connected_message("c1", None, 0, Some(&Encryption::default())),
@@ -553,9 +615,27 @@ mod tests {
     }
 
     #[test]
+    fn writes_addresses_as_display_does() {
+        for text in [
+            "127.0.0.1:45678",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.20.3:80",
+            "[::1]:8080",
+            "[fe80::1%2]:1",
+        ] {
+            let address: std::net::SocketAddr = text.parse().expect(text);
+            assert_eq!(address_text(address), address.to_string(), "{text}");
+        }
+    }
+
+    #[test]
     fn formats_iso_time_across_leap_years() {
         assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(iso_time(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        // Every field zero-padded, as toISOString pads them.
+        assert_eq!(iso_time(3_723_007), "1970-01-01T01:02:03.007Z");
+        assert_eq!(iso_time(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
         assert_eq!(iso_time(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
     }
 }
