@@ -159,68 +159,71 @@ fn opt_string(value: Option<&str>) -> String {
 /// an authentication's row took about 3,200 instructions that way (callgrind, connect,
 /// benchmark/README.md).
 fn encode_call(token: u64, call: &JsCall<'_>) -> String {
-    let (kind, client_id, rest) = match call {
+    // Room for a typical upgrade request: the row lives only until the batch is cut.
+    let mut row = Vec::with_capacity(512);
+    let start = |row: &mut Vec<u8>, kind: u8, client_id: &str| {
+        row.push(b'[');
+        protocol::push_digits(row, u64::from(kind), 1);
+        row.push(b',');
+        protocol::push_digits(row, token, 1);
+        row.push(b',');
+        push_json_string(row, client_id);
+    };
+    // `,` and a value that is JSON already.
+    let push_raw = |row: &mut Vec<u8>, json: &str| {
+        row.push(b',');
+        row.extend_from_slice(json.as_bytes());
+    };
+    // `,` and a string, or null.
+    let push_optional = |row: &mut Vec<u8>, value: Option<&str>| {
+        row.push(b',');
+        match value {
+            Some(value) => push_json_string(row, value),
+            None => row.extend_from_slice(b"null"),
+        }
+    };
+    match call {
         JsCall::VerifyUpgrade { client_id, request } => {
-            (kind::VERIFY_UPGRADE, client_id, request.len())
+            start(&mut row, kind::VERIFY_UPGRADE, client_id);
+            push_raw(&mut row, request);
         }
         JsCall::Authenticate {
             client_id,
             data,
             request,
-        } => (
-            kind::AUTHENTICATE,
+        } => {
+            start(&mut row, kind::AUTHENTICATE, client_id);
+            push_raw(&mut row, data);
+            push_raw(&mut row, request.unwrap_or("null"));
+        }
+        JsCall::ValidateRooms {
             client_id,
-            data.len() + request.map_or(4, str::len),
-        ),
-        JsCall::ValidateRooms { client_id, .. } => (kind::VALIDATE_ROOMS, client_id, 64),
-        JsCall::ClientConnected { client_id, .. } => (kind::CLIENT_CONNECTED, client_id, 64),
-        JsCall::Handshake {
-            client_id, data, ..
-        } => (kind::HANDSHAKE, client_id, 64 + data.len()),
-    };
-    let mut row = Vec::with_capacity(32 + client_id.len() + rest);
-    row.push(b'[');
-    protocol::push_digits(&mut row, u64::from(kind), 1);
-    row.push(b',');
-    protocol::push_digits(&mut row, token, 1);
-    row.push(b',');
-    push_json_string(&mut row, client_id);
-    let push_optional = |row: &mut Vec<u8>, value: Option<&str>| match value {
-        Some(value) => push_json_string(row, value),
-        None => row.extend_from_slice(b"null"),
-    };
-    match call {
-        JsCall::VerifyUpgrade { request, .. } => {
-            row.push(b',');
-            row.extend_from_slice(request.as_bytes());
-        }
-        JsCall::Authenticate { data, request, .. } => {
-            row.push(b',');
-            row.extend_from_slice(data.as_bytes());
-            row.push(b',');
-            row.extend_from_slice(request.unwrap_or("null").as_bytes());
-        }
-        JsCall::ValidateRooms { user_id, rooms, .. } => {
-            row.push(b',');
+            user_id,
+            rooms,
+        } => {
+            start(&mut row, kind::VALIDATE_ROOMS, client_id);
             push_optional(&mut row, *user_id);
             row.push(b',');
             serde_json::to_writer(&mut row, rooms).expect("strings serialise");
         }
         JsCall::ClientConnected {
+            client_id,
             user_id,
             auth_token,
-            ..
         } => {
-            row.push(b',');
+            start(&mut row, kind::CLIENT_CONNECTED, client_id);
             push_optional(&mut row, *user_id);
             row.push(b',');
             protocol::push_digits(&mut row, *auth_token, 1);
         }
-        JsCall::Handshake { user_id, data, .. } => {
-            row.push(b',');
+        JsCall::Handshake {
+            client_id,
+            user_id,
+            data,
+        } => {
+            start(&mut row, kind::HANDSHAKE, client_id);
             push_optional(&mut row, *user_id);
-            row.push(b',');
-            row.extend_from_slice(data.as_bytes());
+            push_raw(&mut row, data);
         }
     }
     row.push(b']');
