@@ -4,8 +4,9 @@
 //   [--impls ts,node,bun,ref,ref2,refh,refe] [--variant ENV=VALUE] [--report-from results.json]
 //
 // The server is pinned to core 0 and the load generator to core 1 (taskset). Server CPU
-// time comes from /proc/<pid>/stat, sampled when the load generator enters and leaves its
-// measured window, so CPU per delivery is measured at the same fixed rate for everyone.
+// time comes from /proc (each thread's run time in ns, see cpuReading), sampled when the
+// load generator enters and leaves its measured window, so CPU per delivery is measured at
+// the same fixed rate for everyone.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -154,6 +155,39 @@ function cpuSeconds(pid) {
 }
 
 /**
+ * A process' CPU time as read at one moment: its threads' run times in nanoseconds
+ * (`/proc/<pid>/task/<tid>/schedstat`) and, for when a thread ends inside a window, the
+ * process total in clock ticks (`cpuSeconds`), which keeps ended threads' time. Ticks are
+ * 10 ms: over connect's windows of about 0.3 s that is 1 µs per connection, 3% of it.
+ */
+function cpuReading(pid) {
+  const threads = new Map();
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      threads.set(task, Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]));
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return { threads, seconds: cpuSeconds(pid) };
+}
+
+/** CPU seconds between two readings of a process (see `cpuReading`). */
+function cpuBetween(start, end) {
+  for (const thread of start.threads.keys()) {
+    if (!end.threads.has(thread)) {
+      return end.seconds - start.seconds;
+    }
+  }
+  let nanoseconds = 0;
+  for (const [thread, ran] of end.threads) {
+    // A thread that started inside the window ran only inside it.
+    nanoseconds += ran - (start.threads.get(thread) ?? 0);
+  }
+  return nanoseconds / 1e9;
+}
+
+/**
  * The machine's CPU time so far, in ticks, and how much of it the hypervisor gave to other
  * machines (`steal` in /proc/stat): on a shared host, a window with much stolen time runs
  * slower in ways CPU time does not fully capture.
@@ -259,7 +293,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
   const serversSum = read => servers.reduce((sum, server) => sum + read(server.pid), 0);
   const sample = () => ({
     at: performance.now(),
-    server: serversSum(cpuSeconds),
+    servers: servers.map(server => cpuReading(server.pid)),
     serverSwitches: serversSum(contextSwitches),
     loadgen: cpuSeconds(generator.pid),
     rss: rssBytes(pid),
@@ -302,7 +336,7 @@ async function runOnce(implementation, scenario, redisPort, { serverCore = 0, lo
   return {
     result,
     wall,
-    serverCpu: marks.end.server - marks.start.server,
+    serverCpu: servers.reduce((sum, _, i) => sum + cpuBetween(marks.start.servers[i], marks.end.servers[i]), 0),
     serverSwitches: marks.end.serverSwitches - marks.start.serverSwitches,
     loadgenCpu: marks.end.loadgen - marks.start.loadgen,
     stolen:
@@ -472,7 +506,7 @@ function report(info, results, unpinned) {
   out.push(`- Node ${info.node}, Bun ${info.bun}, ${info.rustc}`);
   out.push(`- ignis-native-ws ${info.native} vs @venizia/ignis-helpers ${info.ts} (its WebSocketServerHelper on Bun, wired like Ignis' component, logger silenced)`);
   out.push(`- Server pinned to core 0, load generator (benchmark/loadgen, Rust) to core 1; ${repetitions} repetition(s), implementations alternated; medians with (min–max).`);
-  out.push('- "CPU/unit" is server CPU time (user+system, all threads, from /proc) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run. "CPU ratio vs ts" divides the medians; "paired by repetition" divides each repetition\'s CPU/unit by the helper\'s in the same repetition (run back to back, so the machine\'s drift between repetitions cancels) and gives the median (min–max) of those ratios.');
+  out.push('- "CPU/unit" is server CPU time (the run time of all its threads, from /proc/<pid>/task/*/schedstat in nanoseconds; from the clock ticks of /proc/<pid>/stat in a window where a thread ended) per connection, delivery or round trip inside the measured window; ratios are against ts-helper (bun) in the same run. "CPU ratio vs ts" divides the medians; "paired by repetition" divides each repetition\'s CPU/unit by the helper\'s in the same repetition (run back to back, so the machine\'s drift between repetitions cancels) and gives the median (min–max) of those ratios.');
   out.push('- "reference (Rust, no JS)" is not a contender: a bare one-thread server (benchmark/loadgen/src/bin/reference.rs) with no JS, no validation and no queues, one write(2) per delivery: about the least a server spends per unit on this machine (for fan-out, the kernel\'s floor). "reference, 2 threads" is the same server with a second thread that never runs, which makes the process multi-threaded as every Node or Bun process is (fan-out and rooms only). "reference, hand-off" answers echo as this package\'s design must, still without JS: its reading thread queues each message for a second thread and wakes it (an eventfd, as a threadsafe function does), and that thread writes the reply; "reference, hand-off, epoll" is the same with its reading thread on a bare epoll loop instead of tokio (echo only).');
   out.push('- "RSS/conn" (connect) is the growth of the server\'s resident memory from before the first connection to all connections idle, per connection, read after the connections have been idle for 2 s (a garbage-collected runtime frees the connection burst\'s garbage within about a second); "anon RSS/conn" counts anonymous memory only (RssAnon), leaving out the pages of the runtime\'s own binary that are first read in while connections are served (file-backed code, read once: 2–5 MB here, more for Bun\'s binary than for Node\'s).');
   out.push('- "switches/1k" counts the server threads\' context switches (voluntary and not) per 1,000 units in the same window: hand-offs between threads, and wake-ups from sleep.');

@@ -1,7 +1,9 @@
 // This package on whichever runtime runs this file (node or bun): standalone, or on the
 // Redis at the port given as the first argument.
 // Usage: node|bun native.js [redisPort]
-const { WebSocketServerHelper } = require('../..');
+// BENCH_PACKAGE_DIR: another checkout of this package, built, to compare two builds in one run
+// (`run.mjs --variant BENCH_PACKAGE_DIR=/path/to/it`).
+const { WebSocketServerHelper } = require(process.env.BENCH_PACKAGE_DIR || '../..');
 const { benchmarkCallbacks, ready } = require('./handlers');
 
 const helper = new WebSocketServerHelper({
