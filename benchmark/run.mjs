@@ -161,15 +161,20 @@ function cpuSeconds(pid) {
  * 10 ms: over connect's windows of about 0.3 s that is 1 µs per connection, 3% of it.
  */
 function cpuReading(pid) {
-  const threads = new Map();
+  return { threads: perThread(pid, 'schedstat', text => Number(text.split(' ')[0])), seconds: cpuSeconds(pid) };
+}
+
+/** thread id -> `read` of that thread's /proc file `name`, for a process' live threads. */
+function perThread(pid, name, read) {
+  const values = new Map();
   for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
     try {
-      threads.set(task, Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]));
+      values.set(task, read(fs.readFileSync(`/proc/${pid}/task/${task}/${name}`, 'utf8')));
     } catch {
       // The thread ended between the listing and the read.
     }
   }
-  return { threads, seconds: cpuSeconds(pid) };
+  return values;
 }
 
 /** CPU seconds between two readings of a process (see `cpuReading`). */
@@ -200,18 +205,10 @@ function machineTicks() {
 
 /** Context switches (voluntary and not) of a process' live threads. */
 function contextSwitches(pid) {
-  let total = 0;
-  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const status = fs.readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
-      for (const match of status.matchAll(/ctxt_switches:\s+(\d+)/g)) {
-        total += Number(match[1]);
-      }
-    } catch {
-      // The thread ended between the listing and the read.
-    }
-  }
-  return total;
+  const switches = perThread(pid, 'status', status =>
+    [...status.matchAll(/ctxt_switches:\s+(\d+)/g)].reduce((sum, match) => sum + Number(match[1]), 0),
+  );
+  return [...switches.values()].reduce((sum, value) => sum + value, 0);
 }
 
 function rssBytes(pid) {

@@ -151,8 +151,19 @@ mod kind {
     pub const MESSAGE_SENDER: u8 = 12;
 }
 
+/// A JSON string, or `null`.
 fn opt_string(value: Option<&str>) -> String {
-    value.map(json_string).unwrap_or_else(|| "null".to_string())
+    let mut out = Vec::with_capacity(value.map_or(4, |value| value.len() + 2));
+    push_opt_string(&mut out, value);
+    String::from_utf8(out).expect("JSON written from a str is UTF-8")
+}
+
+/// [`opt_string`] appended to `out`.
+fn push_opt_string(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => push_json_string(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// `[kind,token,"clientId",...]`: a call's row. Appended by hand rather than `format!`ted:
@@ -177,10 +188,7 @@ fn encode_call(token: u64, call: &JsCall<'_>) -> String {
     // `,` and a string, or null.
     let push_optional = |row: &mut Vec<u8>, value: Option<&str>| {
         row.push(b',');
-        match value {
-            Some(value) => push_json_string(row, value),
-            None => row.extend_from_slice(b"null"),
-        }
+        push_opt_string(row, value);
     };
     match call {
         JsCall::VerifyUpgrade { client_id, request } => {
