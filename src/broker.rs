@@ -13,10 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::outbox::Cork;
 
 pub const CHANNEL_BROADCAST: &str = "ws:broadcast";
 pub const PATTERNS: [&str; 3] = ["ws:room:*", "ws:client:*", "ws:user:*"];
@@ -307,6 +309,9 @@ impl Connection {
     }
 }
 
+/// Redis messages already received are delivered together up to this many.
+const MESSAGES_PER_BATCH: usize = 256;
+
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A PUBLISH (of the emitter) that Redis does not accept in this time is reported as failed.
@@ -484,6 +489,17 @@ impl Broker {
         }
     }
 
+    /// Hands one message from another instance to the server.
+    fn deliver(&self, message: &redis::Msg) {
+        match parse_envelope(message.get_payload_bytes(), &self.config.server_id) {
+            Ok(incoming) => self.events.message(incoming),
+            Err(problem) => self.events.log_error(&format!(
+                "Invalid Redis message dropped | channel: {} | reason: {problem}",
+                message.get_channel_name()
+            )),
+        }
+    }
+
     fn connection_lost(&self, detail: &str) {
         match self.status() {
             BrokerStatus::Ready => self.set_status(BrokerStatus::Reconnecting, Some(detail)),
@@ -553,23 +569,36 @@ impl Broker {
             let mut probe = tokio::time::interval(self.config.probe_interval);
             probe.tick().await;
             let mut awaiting: Option<(u64, tokio::time::Instant)> = None;
+            let mut ended = false;
             let reason = loop {
+                if ended {
+                    break "subscription connection closed".to_string();
+                }
                 tokio::select! {
                     message = messages.next() => {
                         let Some(message) = message else {
                             break "subscription connection closed".to_string();
                         };
-                        if message.get_channel_name() == probe_channel {
-                            self.last_probe_seen.store(sequence, Ordering::Relaxed);
-                            awaiting = None;
-                            continue;
-                        }
-                        match parse_envelope(message.get_payload_bytes(), &self.config.server_id) {
-                            Ok(incoming) => self.events.message(incoming),
-                            Err(problem) => self.events.log_error(&format!(
-                                "Invalid Redis message dropped | channel: {} | reason: {problem}",
-                                message.get_channel_name()
-                            )),
+                        // Messages that arrived together are delivered as one batch, so the
+                        // frames they produce for the same socket leave in one write.
+                        let _cork = Cork::new();
+                        let mut next = Some(message);
+                        let mut taken = 0;
+                        while let Some(message) = next.take() {
+                            if message.get_channel_name() == probe_channel {
+                                self.last_probe_seen.store(sequence, Ordering::Relaxed);
+                                awaiting = None;
+                            } else {
+                                self.deliver(&message);
+                            }
+                            taken += 1;
+                            if taken < MESSAGES_PER_BATCH {
+                                match messages.next().now_or_never() {
+                                    Some(Some(message)) => next = Some(message),
+                                    Some(None) => ended = true,
+                                    None => {}
+                                }
+                            }
                         }
                     }
                     _ = probe.tick() => {

@@ -28,6 +28,7 @@ use crate::dispatch::{CallResult, JsCall, JsNotice, LogLevel, MessageFlow, Outco
 use crate::frame::{self, close_code, DataMessage, FrameError, MessageAssembler};
 use crate::handshake::{self, Decision, Rejection, UpgradeRequest};
 use crate::hub::{AuthStart, ClientHandle, ClientId, Encryption};
+use crate::outbox::Cork;
 use crate::protocol::{self, Inbound, InboundError, MessageParts, RoomRequest};
 use crate::server::{monotonic_ms, now_ms, ConnectionGuard, Core};
 
@@ -603,28 +604,10 @@ impl Session {
 
     /// Handles every complete frame in the buffer, then releases the buffer if it is empty.
     async fn process_buffer(&mut self) -> Flow {
-        let max = self.core.config.max_payload_length;
         let mut consumed = 0;
         let flow = loop {
-            if self.discard_input {
-                consumed = self.buffer.len();
-                break Flow::Continue;
-            }
-            let decoded =
-                match frame::decode_frame(&self.buffer[consumed..], max, self.handle.deflates()) {
-                    Ok(Some((frame, used))) => {
-                        consumed += used;
-                        frame
-                    }
-                    Ok(None) => break Flow::Continue,
-                    Err(error) => {
-                        self.framing_error(error);
-                        continue;
-                    }
-                };
-            let text = match self.handle_frame(decoded) {
-                Handled::Done(Flow::Continue) => continue,
-                Handled::Done(Flow::Stop) => break Flow::Stop,
+            let text = match self.process_frames(&mut consumed) {
+                Handled::Done(flow) => break flow,
                 Handled::Route(text) => text,
             };
             // Boxed: what routing a message may await (callbacks, JS credit) would otherwise
@@ -639,6 +622,37 @@ impl Session {
             spare_read_buffer::give_back(std::mem::take(&mut self.buffer));
         }
         flow
+    }
+
+    /// Handles complete frames from `consumed` on until the buffer holds no complete frame
+    /// (`Done(Continue)`), the connection is over (`Done(Stop)`), or a message has to wait
+    /// for its routing (`Route`). Frames this produces (pongs, error replies) go out together
+    /// when it returns.
+    fn process_frames(&mut self, consumed: &mut usize) -> Handled {
+        let _cork = Cork::new();
+        let max = self.core.config.max_payload_length;
+        loop {
+            if self.discard_input {
+                *consumed = self.buffer.len();
+                return Handled::Done(Flow::Continue);
+            }
+            let decoded =
+                match frame::decode_frame(&self.buffer[*consumed..], max, self.handle.deflates()) {
+                    Ok(Some((frame, used))) => {
+                        *consumed += used;
+                        frame
+                    }
+                    Ok(None) => return Handled::Done(Flow::Continue),
+                    Err(error) => {
+                        self.framing_error(error);
+                        continue;
+                    }
+                };
+            match self.handle_frame(decoded) {
+                Handled::Done(Flow::Continue) => continue,
+                handled => return handled,
+            }
+        }
     }
 
     fn framing_error(&mut self, error: FrameError) {

@@ -504,7 +504,7 @@ enum Item {
 const MAX_BATCH_ITEMS: usize = 4096;
 /// Batches handed to JS and not yet answered. JS runs them in order (the threadsafe function
 /// is a FIFO queue); two let the next batch wait on the JS side instead of in this task.
-const BATCHES_IN_FLIGHT: usize = 2;
+const BATCHES_IN_FLIGHT: usize = 1;
 const NEVER_CLOSED: &str = "the batch semaphore is never closed";
 /// Log lines waiting for JS beyond this are dropped and counted: a client flooding the
 /// server with bad frames must not grow memory through the log.
@@ -735,6 +735,12 @@ impl Dispatcher {
         let mut stopped = false;
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !stopped && receiver.recv_many(&mut items, 1).await > 0 {
+            // The batch is cut only once JS can take it: everything that arrives while JS is
+            // busy joins it. Cut at once and then held back, batches stayed as small as the
+            // load was light when they were cut, each waited behind the others, and under
+            // load JS ran one fan-out per batch instead of coalescing them (benchmark/
+            // RESULTS.md, saturation sweep).
+            let permit = in_flight.clone().acquire_owned().await.expect(NEVER_CLOSED);
             // Woken by the first call: let every other task that is already runnable (readers
             // with a message in hand) queue theirs before the batch is cut, and again while a
             // pass brings more. A scheduler pass of latency buys far fewer JS crossings under
@@ -798,10 +804,9 @@ impl Dispatcher {
             }
             if !batch.is_empty() {
                 batch.push(']');
-                // The next batch can be cut and queued for JS while JS still runs this one,
-                // so with a core of its own the JS thread goes from batch to batch without
-                // waiting for this task to be woken by the answer and cut the next one.
-                let permit = in_flight.clone().acquire_owned().await.expect(NEVER_CLOSED);
+                // With two batches in flight the next one can be cut and queued for JS while
+                // JS still runs this one, so with a core of its own the JS thread goes from
+                // batch to batch without waiting for this task to be woken by the answer.
                 bridge.deliver(
                     batch,
                     BatchInJs {
@@ -810,6 +815,8 @@ impl Dispatcher {
                         _permit: permit,
                     },
                 );
+            } else {
+                drop(permit);
             }
             if !flushes.is_empty() || stopped {
                 // Everything queued before a flush (or the stop) has run in JS.

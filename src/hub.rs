@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use std::task::{Context, Poll};
 
 use crate::frame::{close_code, close_frame, OutboundText};
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{Outbox, OutboxOwner, Push};
 
 pub type ClientId = Arc<str>;
 
@@ -249,8 +249,10 @@ impl ClientHandle {
         self.encryption.get().is_some()
     }
 
-    pub fn send(&self, frame: &Bytes) -> Push {
-        let result = self.outbox.push(frame);
+    pub fn send(self: &Arc<Self>, frame: &Bytes) -> Push {
+        let result = self
+            .outbox
+            .push(frame, || self.clone() as Arc<dyn OutboxOwner>);
         if result == Push::Dropped && self.close_on_backpressure_limit {
             self.close(close_code::POLICY_VIOLATION, "Backpressure limit exceeded");
         }
@@ -264,7 +266,7 @@ impl ClientHandle {
 
     /// Queues a text message, compressed when this client negotiated permessage-deflate
     /// and compressing pays.
-    pub fn send_text(&self, message: &OutboundText) -> Push {
+    pub fn send_text(self: &Arc<Self>, message: &OutboundText) -> Push {
         self.send(message.frame(self.deflate))
     }
 
@@ -348,6 +350,12 @@ impl ClientHandle {
     /// Marks a transport ping as sent; false when one is already waiting for traffic.
     pub fn start_ping(&self) -> bool {
         !self.ping_outstanding.swap(true, Ordering::Relaxed)
+    }
+}
+
+impl OutboxOwner for ClientHandle {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 }
 

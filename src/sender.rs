@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::frame::OutboundText;
 use crate::hub::{ClientHandle, Hub};
+use crate::outbox::Cork;
 
 /// One send, with its already-framed message.
 pub enum Delivery {
@@ -159,6 +160,9 @@ impl Sender {
     }
 
     fn drain_locked(&self) {
+        // Everything queued is one batch: frames it produces for the same socket leave in
+        // one write.
+        let _cork = Cork::new();
         loop {
             let batch = std::mem::take(&mut *self.queue());
             if batch.is_empty() {

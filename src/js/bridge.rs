@@ -2,10 +2,34 @@
 
 use std::sync::Arc;
 
+use std::cell::RefCell;
+
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 
 use crate::dispatch::{BatchInJs, JsBridge};
+use crate::outbox::Cork;
+
+thread_local! {
+    /// Held on the JS thread while it runs a batch: what the batch's callbacks send
+    /// synchronously (a `messageHandler` broadcasting, replies) leaves when the batch is done,
+    /// every socket's frames in one write.
+    static BATCH_CORK: RefCell<Option<Cork>> = const { RefCell::new(None) };
+}
+
+/// Called on the JS thread right before a batch runs.
+pub fn batch_starting() {
+    BATCH_CORK.with(|cork| {
+        cork.borrow_mut().get_or_insert_with(Cork::new);
+    });
+}
+
+/// Called on the JS thread once the batch returned (or threw).
+fn batch_done() {
+    // Dropped outside the borrow: releasing it writes to sockets.
+    let cork = BATCH_CORK.with(|cork| cork.borrow_mut().take());
+    drop(cork);
+}
 
 /// `(batch: string) => string`, weak so it never keeps the process alive by itself: the
 /// server refs it while listening and unrefs it on shutdown.
@@ -26,6 +50,7 @@ impl JsBridge for TsfnBridge {
             ThreadsafeFunctionCallMode::NonBlocking,
             move |answer, _env| {
                 in_js.answer(answer.map_err(|error| error.to_string()));
+                batch_done();
                 Ok(())
             },
         );

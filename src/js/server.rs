@@ -221,7 +221,10 @@ impl NativeServer {
             .build_threadsafe_function::<String>()
             .callee_handled::<false>()
             .weak::<true>()
-            .build()?;
+            .build_callback(|call| {
+                super::bridge::batch_starting();
+                Ok(call.value)
+            })?;
         Ok(NativeServer {
             config: options.into(),
             dispatch: Arc::new(dispatch),

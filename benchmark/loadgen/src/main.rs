@@ -17,6 +17,9 @@
 //! - `cross`: receivers on `--url`, the driver on another instance (`--driver-url`) asks it for
 //!   `send()` without destination, which reaches the receivers through Redis.
 //! - `echo`: every client in a closed loop through the server's `messageHandler`.
+//! - `saturate-fanout`, `saturate-rooms`: fan-out and rooms with raw receivers on `--threads`
+//!   threads and a driver that writes each millisecond's requests at once, for sweeps past a
+//!   server's capacity (see `saturate.rs`).
 //!
 //! `--slow N` (fanout, rooms, cross) adds N slow consumers: clients that authenticate on the
 //! receivers' server with a 4 KB socket receive buffer and then never read, so the server's
@@ -40,22 +43,24 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod saturate;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, Message>;
 type Stream = SplitStream<Ws>;
 
 static START: OnceLock<Instant> = OnceLock::new();
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-fn phase(name: &str) {
+pub(crate) fn phase(name: &str) {
     println!("PHASE {name}");
     let _ = std::io::stdout().flush();
 }
 
-struct Args {
+pub(crate) struct Args {
     scenario: String,
     url: String,
     /// Where the driver connects; `--url` unless given.
@@ -68,6 +73,8 @@ struct Args {
     rooms: usize,
     payload: usize,
     slow: usize,
+    /// `saturate`: receiver threads.
+    threads: usize,
 }
 
 fn parse_args() -> Args {
@@ -83,6 +90,7 @@ fn parse_args() -> Args {
         rooms: 10,
         payload: 64,
         slow: 0,
+        threads: 1,
     };
     let mut raw = std::env::args().skip(1);
     args.scenario = raw.next().unwrap_or_else(|| usage("missing scenario"));
@@ -106,6 +114,7 @@ fn parse_args() -> Args {
             "--rooms" => args.rooms = number().max(1) as usize,
             "--payload" => args.payload = number() as usize,
             "--slow" => args.slow = number() as usize,
+            "--threads" => args.threads = number().max(1) as usize,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -113,7 +122,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|cross|echo [--url U] [--driver-url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES] [--slow N]");
+    eprintln!("loadgen: {problem}\nusage: loadgen connect|fanout|rooms|cross|echo|saturate-fanout|saturate-rooms [--url U] [--driver-url U] [--clients N] [--concurrency C] [--rate R] [--duration S] [--warmup S] [--rooms K] [--payload BYTES] [--slow N] [--threads T]");
     std::process::exit(2)
 }
 
@@ -496,6 +505,12 @@ async fn echo_scenario(args: &Args) -> serde_json::Value {
 fn main() {
     let args = parse_args();
     now_us();
+    if args.scenario.starts_with("saturate") {
+        let mut value = saturate::run(&args);
+        value["scenario"] = serde_json::Value::from(args.scenario.clone());
+        println!("RESULT {value}");
+        std::process::exit(0);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
