@@ -220,3 +220,74 @@ describe('local delivery and accessors', () => {
     assert.equal(socket.send('late'), 0);
   });
 });
+
+describe('sends coalesced within one batch', () => {
+  let server;
+  before(async () => {
+    server = await startServer({
+      validateRoomFn: ({ rooms }) => rooms,
+      messageHandler: ({ clientId, message }) => {
+        const { n, close } = message.data ?? {};
+        if (message.event !== 'burst') {
+          return;
+        }
+        // Everything here runs in one JS batch, under one cork: every kind of send, interleaved.
+        for (let i = 0; i < 60; i++) {
+          const data = { n, i };
+          switch (i % 4) {
+            case 0:
+              server.sendToClient({ clientId, event: 'seq', data });
+              break;
+            case 1:
+              server.broadcast({ event: 'seq', data });
+              break;
+            case 2:
+              server.sendToRoom({ room: 'burst-room', event: 'seq', data });
+              break;
+            default:
+              server.getClients({ id: clientId }).socket.send(JSON.stringify({ event: 'seq', data }));
+          }
+        }
+        if (close) {
+          server.getClients({ id: clientId }).socket.close(4200, 'after the burst');
+        }
+      },
+    });
+  });
+  after(async () => {
+    await server.shutdown();
+  });
+
+  it('every recipient gets its frames complete and in send order, across several messages of one batch', async () => {
+    const sender = await authenticatedClient(server);
+    const member = await authenticatedClient(server);
+    const other = await authenticatedClient(server);
+    for (const client of [sender, member]) {
+      client.send({ event: 'join', data: { rooms: ['burst-room'] } });
+    }
+    await waitUntil(() => server.getClientsByRoom({ room: 'burst-room' }).length === 2);
+    // Sent back to back: they arrive together and are handled in one batch.
+    for (let n = 0; n < 5; n++) {
+      sender.send({ event: 'burst', data: { n } });
+    }
+    const sequence = (client, count) => waitUntil(() => client.received.filter(m => m.event === 'seq').length >= count, 5000);
+    await Promise.all([sequence(sender, 300), sequence(member, 150), sequence(other, 75)]);
+    const seen = client => client.received.filter(m => m.event === 'seq').map(m => m.data.n * 100 + m.data.i);
+    const expected = keep => [...Array(5).keys()].flatMap(n => [...Array(60).keys()].filter(keep).map(i => n * 100 + i));
+    assert.deepEqual(seen(sender), expected(() => true));
+    assert.deepEqual(seen(member), expected(i => i % 4 === 1 || i % 4 === 2));
+    assert.deepEqual(seen(other), expected(i => i % 4 === 1));
+    for (const client of [sender, member, other]) {
+      client.close();
+    }
+  });
+
+  it('a close issued after a burst follows every frame of it', async () => {
+    const sender = await authenticatedClient(server);
+    sender.send({ event: 'burst', data: { n: 7, close: true } });
+    assert.deepEqual(await sender.waitClosed(), { code: 4200, reason: 'after the burst' });
+    const seen = sender.received.filter(m => m.event === 'seq').map(m => m.data.i);
+    // Everything but the room sends (this client joined no room).
+    assert.deepEqual(seen, [...Array(60).keys()].filter(i => i % 4 !== 2));
+  });
+});

@@ -303,10 +303,18 @@ function stolenNote(summary) {
   return Number.isFinite(stolen?.max) && stolen.max >= STOLEN_WARNING ? `; up to ${(stolen.max * 100).toFixed(0)}% stolen` : '';
 }
 
+/** Writes the report, keeping the sections sweep.mjs wrote into the file before. */
+function writeReport(text) {
+  const file = path.resolve(here, outName);
+  const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const kept = existing.match(/<!-- sweep start[^>]*-->[\s\S]*?<!-- sweep end[^>]*-->/g) ?? [];
+  fs.writeFileSync(file, [text.trimEnd(), ...kept].join('\n\n') + '\n');
+}
+
 async function main() {
   if (reportFrom) {
     const { info, results, unpinned } = JSON.parse(fs.readFileSync(path.resolve(reportFrom), 'utf8'));
-    fs.writeFileSync(path.resolve(here, outName), report(info, results, unpinned));
+    writeReport(report(info, results, unpinned));
     process.stderr.write(`wrote ${path.relative(process.cwd(), path.resolve(here, outName))}\n`);
     return;
   }
@@ -354,7 +362,7 @@ async function main() {
         }
       }
     }
-    fs.writeFileSync(path.resolve(here, outName), report(info, results, unpinned));
+    writeReport(report(info, results, unpinned));
     fs.writeFileSync(path.resolve(here, jsonName), JSON.stringify({ info, results, unpinned }, null, 1));
     process.stderr.write(`wrote ${path.relative(process.cwd(), path.resolve(here, outName))}\n`);
   } finally {

@@ -87,7 +87,8 @@ async function runPoint(implementation, scenario, offered, redisPort) {
   const point = {
     impl: implementation.key,
     offered: result.offered_deliveries_per_s,
-    delivered: result.deliveries_per_s,
+    delivered: result.arrivals_per_s,
+    onTime: result.deliveries_per_s,
     lossShare: result.deliveries_expected ? result.loss / result.deliveries_expected : 0,
     p50: result.latency.p50_ms,
     p99: result.latency.p99_ms,
@@ -152,7 +153,7 @@ function summarize(points) {
   for (const implementation of implementations) {
     const mine = points.filter(p => p.impl === implementation.key).sort((a, b) => a.offered - b.offered);
     const good = mine.filter(p => p.sustainable);
-    const sustainable = good.length ? Math.max(...good.map(p => p.delivered)) : 0;
+    const sustainable = good.length ? Math.max(...good.map(p => p.offered)) : 0;
     const peak = Math.max(0, ...mine.map(p => p.delivered));
     const past = mine.filter(p => p.offered > sustainable * 1.05 && !p.sustainable);
     const light = mine.find(p => Math.abs(p.offered - FIRST_LEVEL) / FIRST_LEVEL < 0.05);

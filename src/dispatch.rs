@@ -2,8 +2,9 @@
 //!
 //! Connections never call JS directly. They queue calls here; one runner task takes
 //! everything queued, encodes it as one JSON array and hands it to the JS thread in a single
-//! crossing. While JS works through a batch the next one accumulates (and, once cut, waits
-//! on the JS side behind it), so the number of crossings falls as load rises. JS answers
+//! crossing. While JS works through a batch the next one accumulates, and it is cut only
+//! once JS has answered, so the number of crossings falls as load rises (and with it, since
+//! a batch's sends are corked, the number of writes per socket). JS answers
 //! calls that finished synchronously in the batch's return value and the others later
 //! through [`Dispatcher::settle`].
 //!
@@ -502,8 +503,10 @@ enum Item {
 
 /// Upper bound of one batch, so a burst cannot build an unbounded string.
 const MAX_BATCH_ITEMS: usize = 4096;
-/// Batches handed to JS and not yet answered. JS runs them in order (the threadsafe function
-/// is a FIFO queue); two let the next batch wait on the JS side instead of in this task.
+/// Batches handed to JS and not yet answered. One: a second, cut while JS still ran the first,
+/// held only what had arrived by then, and what arrived after it waited for a third batch
+/// (under load, fan-outs one per batch instead of coalesced, and two batches of latency);
+/// an echo run lost nothing measurable by waiting for the answer (benchmark/RESULTS.md).
 const BATCHES_IN_FLIGHT: usize = 1;
 const NEVER_CLOSED: &str = "the batch semaphore is never closed";
 /// Log lines waiting for JS beyond this are dropped and counted: a client flooding the
@@ -804,9 +807,6 @@ impl Dispatcher {
             }
             if !batch.is_empty() {
                 batch.push(']');
-                // With two batches in flight the next one can be cut and queued for JS while
-                // JS still runs this one, so with a core of its own the JS thread goes from
-                // batch to batch without waiting for this task to be woken by the answer.
                 bridge.deliver(
                     batch,
                     BatchInJs {

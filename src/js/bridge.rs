@@ -49,8 +49,11 @@ impl JsBridge for TsfnBridge {
             batch,
             ThreadsafeFunctionCallMode::NonBlocking,
             move |answer, _env| {
-                in_js.answer(answer.map_err(|error| error.to_string()));
+                // The batch's frames go out before its answer lets the next batch be cut:
+                // requests that arrive while they are written join the next batch instead of
+                // waiting behind a smaller one cut in the middle of the writing.
                 batch_done();
+                in_js.answer(answer.map_err(|error| error.to_string()));
                 Ok(())
             },
         );

@@ -165,6 +165,9 @@ async fn connect(address: &str, path: &str, user: &str) -> Result<(TcpStream, Ve
 /// What a receiver thread counted.
 struct Tally {
     received: u64,
+    /// Ticks that arrived inside the window, whenever they were sent: the server's delivery
+    /// rate, also past its capacity, where what arrives was sent long before.
+    arrivals: u64,
     latency: Histogram<u64>,
     /// The latency of the first receiver alone, which the servers reach first: how long a
     /// request took to be read and handled, without the time the fan-out itself takes.
@@ -197,6 +200,9 @@ fn count_ticks(
             8 => return None,
             1 => {
                 if let Some(t) = tick_time(&bytes[range]) {
+                    if shared.in_window(now) {
+                        tally.arrivals += 1;
+                    }
                     if shared.in_window(t) {
                         let latency = now.saturating_sub(t).max(1);
                         tally.received += 1;
@@ -220,6 +226,7 @@ fn receive_all(receivers: Vec<Receiver>, shared: &Shared) -> Tally {
     let mut receivers: Vec<Option<Receiver>> = receivers.into_iter().map(Some).collect();
     let mut tally = Tally {
         received: 0,
+        arrivals: 0,
         latency: histogram(),
         first_latency: histogram(),
     };
@@ -507,9 +514,10 @@ pub fn run(args: &Args) -> serde_json::Value {
     let results = std::mem::take(&mut *shared.results.lock().expect("results"));
     let mut latency = histogram();
     let mut first_latency = histogram();
-    let mut received = 0;
+    let (mut received, mut arrivals) = (0, 0);
     for tally in &results {
         received += tally.received;
+        arrivals += tally.arrivals;
         latency.add(&tally.latency).ok();
         first_latency.add(&tally.first_latency).ok();
     }
@@ -526,6 +534,7 @@ pub fn run(args: &Args) -> serde_json::Value {
         "deliveries_received": received,
         "loss": expected.saturating_sub(received),
         "deliveries_per_s": received as f64 / measured,
+        "arrivals_per_s": arrivals as f64 / measured,
         "offered_deliveries_per_s": expected as f64 / measured,
         "driver_behind_ms": behind_us as f64 / 1000.0,
         "loadgen_cpu_s": cpu,
