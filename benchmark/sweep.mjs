@@ -136,10 +136,11 @@ async function sweep(scenario, redisPort) {
     }
   }
   // Between each one's last good level and its first failure, in finer steps.
+  const coarsePass = new Map([...state].map(([key, s]) => [key, s.lastPass]));
   for (let step = 1; step <= 3; step++) {
     for (const implementation of implementations) {
       const s = state.get(implementation.key);
-      const level = Math.round(s.lastPass * FINE_STEP ** step);
+      const level = Math.round(coarsePass.get(implementation.key) * FINE_STEP ** step);
       if (s.lastPass > 0 && level < s.firstFail) {
         record(await runPoint(implementation, scenario, level, redisPort), level);
       }
